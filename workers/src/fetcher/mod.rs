@@ -1,0 +1,288 @@
+//! The fetcher: splits the data set into chunks, hands out one chunk per mapper readiness
+//! signal, and keeps a lease per chunk until the saver acknowledges it on `processed_data`.
+
+pub mod leases;
+pub mod progress;
+pub mod source;
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::FetcherArgs,
+    protocol::{self, ANYONE_LISTENING, HDR_ATTEMPT, HDR_RUN, IM_LISTENING},
+    worker::Worker,
+};
+use leases::{Ack, Leases};
+
+/// What a finished (or stopped) run did; logged, and written with `--summary-file`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub run_id: String,
+    pub complete: bool,
+    pub objects: u64,
+    pub chunks: u64,
+    pub chunks_done: u64,
+    /// Chunks already done by an earlier fetcher of the same run.
+    pub chunks_resumed: u64,
+    pub sends: u64,
+    pub resends: u64,
+    /// Acknowledgements of chunks that were already done.
+    pub duplicates: u64,
+    /// From the first send to the last acknowledgement.
+    pub elapsed_secs: f64,
+    pub objects_per_sec: f64,
+}
+
+/// How long without a readiness signal, while chunks wait, before asking `anyone_listening`.
+const STALL: Duration = Duration::from_secs(1);
+/// Most often progress is written to the key-value bucket.
+const SAVE_EVERY: Duration = Duration::from_millis(500);
+
+pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
+    let source = source::Generated {
+        seed: args.seed,
+        objects: args.objects,
+        chunk_size: args.chunk_size,
+    };
+    let run_id = args.run_id();
+    let total = source.chunks();
+    let store = if args.no_resume {
+        None
+    } else {
+        progress::Store::open(&w.client, &run_id).await
+    };
+    let saved = match &store {
+        Some(s) => s.load().await,
+        None => None,
+    };
+    let mut leases = Leases::new(total, args.ack_timeout, |i| {
+        saved.as_ref().is_some_and(|b| progress::bit(b, i))
+    });
+    let resumed = leases.done();
+    if resumed > 0 {
+        tracing::info!(run = %run_id, "resuming: {resumed}/{total} chunks were already saved");
+    }
+    w.metrics.chunks_total.set(total as i64);
+    w.metrics.chunks_done.set(resumed as i64);
+
+    let mut status = w.client.subscribe(w.subjects.mapper_status.clone()).await?;
+    let mut acks = w
+        .client
+        .subscribe(w.subjects.processed_data.clone())
+        .await?;
+    w.client
+        .publish(w.subjects.mapper_status.clone(), ANYONE_LISTENING.into())
+        .await?;
+    tracing::info!(
+        run = %run_id,
+        "fetcher ready: {total} chunks of {} objects, ack timeout {:?}",
+        args.chunk_size,
+        args.ack_timeout
+    );
+
+    let mut s = Summary {
+        run_id: run_id.clone(),
+        complete: leases.is_complete(),
+        objects: args.objects,
+        chunks: total,
+        chunks_done: resumed,
+        chunks_resumed: resumed,
+        sends: 0,
+        resends: 0,
+        duplicates: 0,
+        elapsed_secs: 0.0,
+        objects_per_sec: 0.0,
+    };
+    let mut credits: u64 = 0;
+    let mut started: Option<Instant> = None;
+    let mut last_ready = Instant::now();
+    let mut last_ask = Instant::now();
+    let mut last_log = Instant::now();
+    let mut last_save = Instant::now();
+    let mut dirty = false;
+    let mut finished_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50).min(args.ack_timeout / 4));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let now = tokio::select! {
+            _ = w.shutdown.wait() => break,
+            Some(msg) = status.next() => {
+                if msg.payload.as_ref() == IM_LISTENING {
+                    credits += 1;
+                    last_ready = Instant::now();
+                }
+                Instant::now()
+            }
+            Some(msg) = acks.next() => {
+                match protocol::parse_ack(&msg.payload).map(|i| (i, leases.ack(i))) {
+                    Some((_, Ack::New)) => {
+                        dirty = true;
+                        w.metrics.chunks_done.inc();
+                    }
+                    Some((_, Ack::Duplicate)) => {
+                        s.duplicates += 1;
+                        w.metrics.duplicates_dropped.inc();
+                    }
+                    Some((i, Ack::Unknown)) => tracing::warn!("ignored ack for chunk #{i}: this run has {total} chunks"),
+                    None => tracing::warn!(payload = %String::from_utf8_lossy(&msg.payload), "ignored ack: not a chunk index"),
+                }
+                Instant::now()
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if leases.expire(now) > 0 {
+                    tracing::debug!("ack timeout passed for some chunks: sending them again");
+                }
+                now
+            }
+        };
+
+        // One chunk per readiness signal.
+        while credits > 0 {
+            let Some((index, attempt)) = leases.next_to_send(now) else {
+                break;
+            };
+            credits -= 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(HDR_RUN, run_id.as_str());
+            headers.insert(HDR_ATTEMPT, attempt.to_string().as_str());
+            w.client
+                .publish_with_headers(
+                    w.subjects.mapper_data.clone(),
+                    headers,
+                    source.chunk(index).into(),
+                )
+                .await?;
+            started.get_or_insert(now);
+            s.sends += 1;
+            w.metrics.chunks_sent.inc();
+            if attempt > 1 {
+                s.resends += 1;
+                w.metrics.chunks_resent.inc();
+                tracing::info!(
+                    "re-sent chunk #{index} (attempt {attempt}): not acknowledged within {:?}",
+                    args.ack_timeout
+                );
+            }
+        }
+
+        // Mappers that announced themselves while no fetcher listened are asked again.
+        if credits == 0
+            && leases.has_pending()
+            && last_ready.elapsed() > STALL
+            && last_ask.elapsed() > STALL
+        {
+            tracing::debug!(
+                "chunks are waiting and no mapper said it is ready: asking anyone_listening"
+            );
+            w.client
+                .publish(w.subjects.mapper_status.clone(), ANYONE_LISTENING.into())
+                .await?;
+            last_ask = Instant::now();
+        }
+
+        s.chunks_done = leases.done();
+        if dirty && (leases.is_complete() || last_save.elapsed() >= SAVE_EVERY) {
+            if let Some(store) = &store {
+                store
+                    .save(progress::to_bits(total, |i| leases.is_done(i)))
+                    .await;
+            }
+            dirty = false;
+            last_save = Instant::now();
+        }
+        if leases.is_complete() && finished_at.is_none() {
+            finished_at = Some(Instant::now());
+            fill_rates(&mut s, started, finished_at, args.chunk_size);
+            s.complete = true;
+            log_summary(&s);
+            write_summary(&args, &s)?;
+            if args.exit_when_done {
+                return Ok(s);
+            }
+            tracing::info!(
+                "every chunk is saved; staying up until stopped (use --exit-when-done to exit)"
+            );
+        } else if finished_at.is_none() && last_log.elapsed() >= args.progress_every {
+            last_log = Instant::now();
+            log_progress(&leases, started, args.chunk_size);
+        }
+    }
+
+    if dirty {
+        if let Some(store) = &store {
+            store
+                .save(progress::to_bits(total, |i| leases.is_done(i)))
+                .await;
+        }
+    }
+    if finished_at.is_none() {
+        fill_rates(&mut s, started, None, args.chunk_size);
+        tracing::info!(
+            "stopped with {}/{} chunks saved; a fetcher of the same run resumes from here",
+            s.chunks_done,
+            s.chunks
+        );
+        write_summary(&args, &s)?;
+    }
+    Ok(s)
+}
+
+fn fill_rates(s: &mut Summary, started: Option<Instant>, end: Option<Instant>, chunk_size: u64) {
+    let elapsed = match started {
+        Some(t) => end
+            .unwrap_or_else(Instant::now)
+            .duration_since(t)
+            .as_secs_f64(),
+        None => 0.0,
+    };
+    let objects_now = ((s.chunks_done - s.chunks_resumed) * chunk_size).min(s.objects);
+    s.elapsed_secs = elapsed;
+    s.objects_per_sec = if elapsed > 0.0 {
+        objects_now as f64 / elapsed
+    } else {
+        0.0
+    };
+}
+
+fn log_progress(leases: &Leases, started: Option<Instant>, chunk_size: u64) {
+    let (done, total) = (leases.done(), leases.total());
+    let secs = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let rate = if secs > 0.0 {
+        (done * chunk_size) as f64 / secs
+    } else {
+        0.0
+    };
+    tracing::info!(
+        "saved {done}/{total} chunks ({:.0}%), {rate:.0} objects/s, {} in flight",
+        100.0 * done as f64 / total.max(1) as f64,
+        leases.in_flight()
+    );
+}
+
+fn log_summary(s: &Summary) {
+    tracing::info!(
+        run = %s.run_id,
+        "all {} chunks saved: {} objects in {:.2}s ({:.0} objects/s), {} re-sends, {} duplicate acks",
+        s.chunks,
+        s.objects,
+        s.elapsed_secs,
+        s.objects_per_sec,
+        s.resends,
+        s.duplicates
+    );
+}
+
+fn write_summary(args: &FetcherArgs, s: &Summary) -> anyhow::Result<()> {
+    if let Some(path) = &args.summary_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
+}

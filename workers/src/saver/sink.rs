@@ -1,0 +1,131 @@
+//! Where saved chunks go. Both sinks are idempotent per chunk index: saving a chunk twice
+//! leaves it saved once and says so, so a re-sent chunk is acknowledged but not stored again.
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Saved {
+    New,
+    Again,
+}
+
+pub enum Sink {
+    /// One log line per chunk; remembers the indexes it logged.
+    Log(Mutex<HashSet<u64>>),
+    /// One file per chunk, `chunk-000827.json`, created atomically and fsynced.
+    File(PathBuf),
+}
+
+impl Sink {
+    pub fn log() -> Sink {
+        Sink::Log(Mutex::default())
+    }
+
+    pub fn file(dir: PathBuf) -> std::io::Result<Sink> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Sink::File(dir))
+    }
+
+    /// Returns once the chunk is durable (for `file`: data and directory entry fsynced).
+    pub async fn save(
+        &self,
+        index: u64,
+        objects: usize,
+        payload: bytes::Bytes,
+    ) -> std::io::Result<Saved> {
+        match self {
+            Sink::Log(seen) => {
+                let new = seen.lock().expect("sink lock").insert(index);
+                if new {
+                    tracing::info!("saved chunk #{index}: {objects} objects");
+                }
+                Ok(if new { Saved::New } else { Saved::Again })
+            }
+            Sink::File(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || save_file(&dir, index, &payload))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
+pub fn chunk_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("chunk-{index:06}.json"))
+}
+
+fn save_file(dir: &Path, index: u64, payload: &[u8]) -> std::io::Result<Saved> {
+    let path = chunk_path(dir, index);
+    if path.exists() {
+        return Ok(Saved::Again);
+    }
+    let tmp = dir.join(format!(
+        ".chunk-{index:06}.{}.{}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(payload)?;
+    f.sync_all()?;
+    drop(f);
+    // A hard link fails if the chunk exists, so of two concurrent saves exactly one is New.
+    let linked = std::fs::hard_link(&tmp, &path);
+    std::fs::remove_file(&tmp)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    match linked {
+        Ok(()) => Ok(Saved::New),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Saved::Again),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_sink_saves_each_chunk_once() {
+        let dir = std::env::temp_dir().join(format!("natsflow-sink-{}", fastrand::u64(..)));
+        let sink = Sink::file(dir.clone()).unwrap();
+        assert_eq!(sink.save(3, 1, "a".into()).await.unwrap(), Saved::New);
+        assert_eq!(sink.save(3, 1, "b".into()).await.unwrap(), Saved::Again);
+        assert_eq!(std::fs::read_to_string(chunk_path(&dir, 3)).unwrap(), "a");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary files left: {names:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_saves_of_one_chunk_count_once() {
+        let dir = std::env::temp_dir().join(format!("natsflow-sink-{}", fastrand::u64(..)));
+        let sink = std::sync::Arc::new(Sink::file(dir.clone()).unwrap());
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let s = sink.clone();
+                tokio::spawn(async move { s.save(5, 1, "x".into()).await.unwrap() })
+            })
+            .collect();
+        let mut new = 0;
+        for t in tasks {
+            new += (t.await.unwrap() == Saved::New) as usize;
+        }
+        assert_eq!(new, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn log_sink_saves_each_chunk_once() {
+        let sink = Sink::log();
+        assert_eq!(sink.save(1, 1, "a".into()).await.unwrap(), Saved::New);
+        assert_eq!(sink.save(1, 1, "a".into()).await.unwrap(), Saved::Again);
+    }
+}
