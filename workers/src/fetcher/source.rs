@@ -48,7 +48,6 @@ const LAST: &[&str] = &[
     "Wilson",
     "Wirth",
 ];
-const MAX_FRIENDS: usize = 3;
 
 #[derive(Clone, Debug)]
 pub struct Generated {
@@ -76,20 +75,38 @@ impl Generated {
     pub fn chunk(&self, index: u64) -> Vec<u8> {
         let start = index * self.chunk_size;
         let end = (start + self.chunk_size).min(self.objects);
-        let data: Vec<Person> = (start..end).map(|i| self.person(i)).collect();
-        serde_json::to_vec(&crate::protocol::Chunk { index, data }).expect("people serialize")
+        let mut people: Vec<Person> = (start..end).map(|i| self.person(i)).collect();
+        // As app9's mock API: friendships inside the chunk, both ways, 3 in 50 pairs.
+        let mut rng = fastrand::Rng::with_seed(mix(self.seed, index) ^ 2);
+        let n = people.len();
+        let mut friends = vec![Vec::new(); n];
+        for p in 0..n {
+            for f in 0..n {
+                if rng.u32(..50) <= 2 && p != f {
+                    friends[p].push(f);
+                    friends[f].push(p);
+                }
+            }
+        }
+        for (p, mut fs) in friends.into_iter().enumerate() {
+            fs.sort_unstable();
+            fs.dedup();
+            people[p].friends = fs.iter().map(|&f| people[f].uuid.clone()).collect();
+        }
+        serde_json::to_vec(&crate::protocol::Chunk {
+            index,
+            data: people,
+        })
+        .expect("people serialize")
     }
 
     fn person(&self, i: u64) -> Person {
         let mut rng = fastrand::Rng::with_seed(mix(self.seed, i) ^ 1);
-        let friends = (0..rng.usize(0..=MAX_FRIENDS))
-            .map(|_| self.uuid(rng.u64(0..self.objects)))
-            .collect();
         Person {
             uuid: self.uuid(i),
             first: FIRST[rng.usize(..FIRST.len())],
             last: LAST[rng.usize(..LAST.len())],
-            friends,
+            friends: Vec::new(),
         }
     }
 
@@ -158,14 +175,23 @@ mod tests {
     }
 
     #[test]
-    fn friends_are_people_of_the_data_set() {
+    fn friendships_are_mutual_and_inside_the_chunk() {
         let s = source();
-        let all: std::collections::HashSet<String> = (0..250).map(|i| s.uuid(i)).collect();
         let v: Value = serde_json::from_slice(&s.chunk(0)).unwrap();
-        for p in v["data"].as_array().unwrap() {
+        let people = v["data"].as_array().unwrap();
+        let by_id: std::collections::HashMap<&str, &Value> = people
+            .iter()
+            .map(|p| (p["uuid"].as_str().unwrap(), p))
+            .collect();
+        let mut links = 0;
+        for p in people {
             for f in p["friends"].as_array().unwrap() {
-                assert!(all.contains(f.as_str().unwrap()));
+                let friend = by_id[f.as_str().unwrap()];
+                assert!(friend["friends"].as_array().unwrap().contains(&p["uuid"]));
+                links += 1;
             }
         }
+        // app9's mock API gives about 12 friends per person
+        assert!((800..1600).contains(&links), "{links} friendships");
     }
 }

@@ -26,8 +26,17 @@ impl Sink {
         Sink::Log(Mutex::default())
     }
 
+    /// Also removes temporary files a killed saver left behind. Should another saver still
+    /// be writing one, its save fails, it does not acknowledge, and the chunk comes again.
     pub fn file(dir: PathBuf) -> std::io::Result<Sink> {
         std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".chunk-") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(dir.join(&*name));
+            }
+        }
         Ok(Sink::File(dir))
     }
 

@@ -1,0 +1,210 @@
+//! Wire compatibility with the seed's app9 Node services, and bad input handling. The test
+//! plays the app9 side with a plain NATS client, publishing exactly what app9's
+//! fetcher/mapper/saver publish (JSON strings and bare text, no headers).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("subscription open")
+}
+
+fn app9_people(index: u64) -> Value {
+    json!({"index": index, "data": [
+        {"uuid": "0b6a3c3e-6d4b-4a43-9e7c-1f1d3b0b2f10", "fn": "Maria", "ln": "Virtanen", "friends": ["5c3f"]},
+        {"uuid": "5c3f1d0e-8b6a-4f5e-9d1c-2e3f4a5b6c7d", "fn": "Juha", "ln": "Korhonen", "friends": []}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapper_answers_an_app9_fetcher() {
+    let nats = Nats::start("app9-fetcher");
+    let dir = temp_dir("app9-fetcher");
+    let _mapper = Proc::worker("mapper", "mapper", &nats, &dir).start();
+    let c = nats.client().await;
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    let mut saver_data = c
+        .queue_subscribe("saver_data", "saver.workers".into())
+        .await
+        .unwrap();
+    // app9's fetcher: ask, wait for `im_listening`, then send one chunk as a JSON string.
+    loop {
+        c.publish("mapper_status", "anyone_listening".into())
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_millis(300), status.next()).await;
+        if matches!(m, Ok(Some(ref m)) if m.payload.as_ref() == b"im_listening") {
+            break;
+        }
+    }
+    c.publish("mapper_data", app9_people(827).to_string().into())
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_slice(&next(&mut saver_data).await.payload).unwrap();
+    // What app9's saver reads: {index, data} with app9 mapper's {id, name}.
+    assert_eq!(
+        out,
+        json!({"index": 827, "data": [
+            {"id": "0b6a3c3e-6d4b-4a43-9e7c-1f1d3b0b2f10", "name": "Maria Virtanen"},
+            {"id": "5c3f1d0e-8b6a-4f5e-9d1c-2e3f4a5b6c7d", "name": "Juha Korhonen"}
+        ]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saver_acknowledges_an_app9_mapper() {
+    let nats = Nats::start("app9-mapper");
+    let dir = temp_dir("app9-mapper");
+    let saver = Proc::worker("saver", "saver", &nats, &dir).start();
+    let c = nats.client().await;
+    let mut processed = c.subscribe("processed_data").await.unwrap();
+    wait_until(WAIT, "the saver is ready", || {
+        http_get(saver.metrics_port, "/readyz").starts_with("ready")
+    });
+    let payload = json!({"index": 12, "data": [{"id": "a", "name": "Maria Virtanen"}]}).to_string();
+    c.publish("saver_data", payload.into()).await.unwrap();
+    // app9's fetcher reads `Number(msg)`: the bare decimal index.
+    assert_eq!(next(&mut processed).await.payload.as_ref(), b"12");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetcher_serves_app9_mappers_and_saver() {
+    let nats = Nats::start("app9-workers");
+    let dir = temp_dir("app9-workers");
+    let c = nats.client().await;
+    // app9's mapper and saver, played by this test: no headers, plain text and JSON strings.
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    let mut data = c
+        .queue_subscribe("mapper_data", "mapper.workers".into())
+        .await
+        .unwrap();
+    let mut f = Proc::worker("fetcher", "fetcher", &nats, &dir)
+        .args(&[
+            "--objects",
+            "500",
+            "--chunk-size",
+            "100",
+            "--exit-when-done",
+            "--no-resume",
+        ])
+        .start();
+    // The fetcher asks first; app9's mapper answers `im_listening`.
+    assert_eq!(
+        next(&mut status).await.payload.as_ref(),
+        b"anyone_listening"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        c.publish("mapper_status", "im_listening".into())
+            .await
+            .unwrap();
+        let chunk: Value = serde_json::from_slice(&next(&mut data).await.payload).unwrap();
+        let index = chunk["index"].as_u64().unwrap();
+        assert_eq!(chunk["data"].as_array().unwrap().len(), 100);
+        assert!(chunk["data"][0]["uuid"].is_string() && chunk["data"][0]["friends"].is_array());
+        seen.push(index);
+        c.publish("processed_data", index.to_string().into())
+            .await
+            .unwrap();
+    }
+    c.flush().await.unwrap();
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    assert!(f.wait(WAIT).success(), "{}", f.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_and_counted() {
+    let nats = Nats::start("malformed");
+    let dir = temp_dir("malformed");
+    let mut mapper = Proc::worker("mapper", "mapper", &nats, &dir).start();
+    let mut saver = Proc::worker("saver", "saver", &nats, &dir).start();
+    let c = nats.client().await;
+    let mut dead = c.subscribe("natsflow_dead_letter").await.unwrap();
+    let mut saver_data = c.subscribe("saver_data").await.unwrap();
+    let mut processed = c.subscribe("processed_data").await.unwrap();
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    wait_until(WAIT, "the saver is ready", || {
+        http_get(saver.metrics_port, "/readyz").starts_with("ready")
+    });
+
+    // A mapper slot takes one message once it says `im_listening`; send one at a time.
+    to_mapper(&c, &mut status, "this is not json").await;
+    let d = next(&mut dead).await;
+    let h = d.headers.clone().unwrap();
+    assert_eq!(d.payload.as_ref(), b"this is not json");
+    assert!(h
+        .get("Natsflow-Reason")
+        .unwrap()
+        .as_str()
+        .contains("not a chunk"));
+    assert_eq!(h.get("Natsflow-Subject").unwrap().as_str(), "mapper_data");
+
+    to_mapper(
+        &c,
+        &mut status,
+        r#"{"index": 5, "data": [{"uuid": "a", "fn": "A", "ln": "B"}, {"uuid": "b", "fn": 7}]}"#,
+    )
+    .await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.payload.as_ref(), br#"{"uuid": "b", "fn": 7}"#);
+    assert!(d
+        .headers
+        .unwrap()
+        .get("Natsflow-Reason")
+        .unwrap()
+        .as_str()
+        .contains("chunk #5 object 1"));
+    let out: Value = serde_json::from_slice(&next(&mut saver_data).await.payload).unwrap();
+    assert_eq!(
+        out,
+        json!({"index": 5, "data": [{"id": "a", "name": "A B"}]})
+    );
+    assert_eq!(next(&mut processed).await.payload.as_ref(), b"5");
+
+    c.publish("saver_data", "[1, 2".into()).await.unwrap();
+    let d = next(&mut dead).await;
+    assert_eq!(
+        d.headers.unwrap().get("Natsflow-Subject").unwrap().as_str(),
+        "saver_data"
+    );
+
+    assert!(
+        mapper.is_running() && saver.is_running(),
+        "bad input never stops a worker"
+    );
+    assert_eq!(mapper.metric("natsflow_dead_letters_total"), 2.0);
+    assert_eq!(saver.metric("natsflow_dead_letters_total"), 1.0);
+    // Both still work.
+    c.publish("saver_data", r#"{"index": 6, "data": []}"#.into())
+        .await
+        .unwrap();
+    loop {
+        let m = next(&mut processed).await;
+        if m.payload.as_ref() == b"6" {
+            break;
+        }
+    }
+}
+
+async fn to_mapper(
+    c: &async_nats::Client,
+    status: &mut async_nats::Subscriber,
+    payload: &'static str,
+) {
+    c.publish("mapper_status", "anyone_listening".into())
+        .await
+        .unwrap();
+    while next(status).await.payload.as_ref() != b"im_listening" {}
+    c.publish("mapper_data", payload.into()).await.unwrap();
+}

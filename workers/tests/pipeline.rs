@@ -1,0 +1,180 @@
+//! The pipeline against a real nats-server, with the real worker binaries as processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use natsflow::fetcher::Summary;
+
+const OBJECTS: u64 = 100_000;
+
+struct Run {
+    nats: Nats,
+    dir: std::path::PathBuf,
+    out: std::path::PathBuf,
+    saver: Proc,
+    mappers: Vec<Proc>,
+}
+
+fn start(name: &str, mappers: usize, work_ms: (u64, u64)) -> Run {
+    let nats = Nats::start(name);
+    let dir = temp_dir(name);
+    let out = dir.join("out");
+    let saver = Proc::worker("saver", "saver", &nats, &dir)
+        .args(&["--sink", "file", "--sink-dir", out.to_str().unwrap()])
+        .start();
+    let mappers = (0..mappers)
+        .map(|i| {
+            Proc::worker("mapper", &format!("mapper-{i}"), &nats, &dir)
+                .env("NATSFLOW_WORK_MS_MIN", &work_ms.0.to_string())
+                .env("NATSFLOW_WORK_MS_MAX", &work_ms.1.to_string())
+                .start()
+        })
+        .collect();
+    Run {
+        nats,
+        dir,
+        out,
+        saver,
+        mappers,
+    }
+}
+
+fn fetcher(run: &Run, ack_timeout: &str) -> Proc {
+    let summary = run.dir.join("summary.json");
+    Proc::worker("fetcher", "fetcher", &run.nats, &run.dir).args(&[
+        "--objects",
+        &OBJECTS.to_string(),
+        "--ack-timeout",
+        ack_timeout,
+        "--exit-when-done",
+        "--summary-file",
+        summary.to_str().unwrap(),
+    ])
+}
+
+fn summary(run: &Run) -> Summary {
+    serde_json::from_slice(&std::fs::read(run.dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn saved_files(run: &Run) -> usize {
+    std::fs::read_dir(&run.out)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("chunk-")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+fn full_run(name: &str, mappers: usize) {
+    let run = start(name, mappers, (0, 0));
+    let mut f = fetcher(&run, "30s").start();
+    assert!(
+        f.wait(Duration::from_secs(120)).success(),
+        "{}",
+        f.log_text()
+    );
+    let s = summary(&run);
+    println!("{mappers} mapper(s): {s:?}");
+    assert!(s.complete);
+    assert_eq!(
+        (s.chunks, s.sends, s.resends, s.duplicates),
+        (1000, 1000, 0, 0)
+    );
+    assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
+    assert_eq!(run.saver.metric("natsflow_chunks_saved_total"), 1000.0);
+    assert_eq!(run.saver.metric("natsflow_duplicates_dropped_total"), 0.0);
+    let mapped: f64 = run
+        .mappers
+        .iter()
+        .map(|m| m.metric("natsflow_chunks_processed_total"))
+        .sum();
+    assert_eq!(mapped, 1000.0, "each chunk mapped once");
+}
+
+#[test]
+fn full_run_with_one_mapper_saves_every_chunk_once() {
+    full_run("one-mapper", 1);
+}
+
+#[test]
+fn full_run_with_ten_mappers_saves_every_chunk_once() {
+    full_run("ten-mappers", 10);
+}
+
+#[test]
+fn killed_mapper_saver_and_fetcher_lose_nothing() {
+    let mut run = start("faults", 4, (5, 15));
+    let mut f = fetcher(&run, "1s").start();
+    let at = |n: usize, run: &Run| {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{n} chunks saved"),
+            || saved_files(run) >= n,
+        )
+    };
+
+    at(200, &run);
+    let victim = fastrand::usize(..run.mappers.len());
+    run.mappers[victim].sigkill();
+    println!("SIGKILL mapper-{victim} at {} chunks", saved_files(&run));
+    std::thread::sleep(Duration::from_millis(300));
+    run.mappers[victim].spawn();
+
+    at(400, &run);
+    run.saver.sigkill();
+    println!("SIGKILL saver at {} chunks", saved_files(&run));
+    std::thread::sleep(Duration::from_millis(300));
+    run.saver.spawn();
+
+    at(600, &run);
+    f.sigkill();
+    println!("SIGKILL fetcher at {} chunks", saved_files(&run));
+    std::thread::sleep(Duration::from_millis(300));
+    f.spawn();
+
+    assert!(
+        f.wait(Duration::from_secs(120)).success(),
+        "{}",
+        f.log_text()
+    );
+    let s = summary(&run);
+    println!("after the faults: {s:?}");
+    assert!(s.complete);
+    assert!(
+        s.chunks_resumed >= 500,
+        "the restarted fetcher resumed ({} chunks)",
+        s.chunks_resumed
+    );
+    assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
+}
+
+#[test]
+fn nats_server_restart_mid_run_still_completes() {
+    let mut run = start("nats-restart", 3, (1, 5));
+    let mut f = fetcher(&run, "1s").start();
+    wait_until(Duration::from_secs(60), "300 chunks saved", || {
+        saved_files(&run) >= 300
+    });
+    run.nats.kill();
+    println!("nats-server killed at {} chunks", saved_files(&run));
+    std::thread::sleep(Duration::from_millis(500));
+    run.nats.restart();
+    assert!(
+        f.wait(Duration::from_secs(120)).success(),
+        "{}",
+        f.log_text()
+    );
+    let s = summary(&run);
+    println!("after the restart: {s:?}");
+    assert!(s.complete);
+    assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
+    assert!(run.saver.metric("natsflow_nats_reconnects_total") >= 1.0);
+}
