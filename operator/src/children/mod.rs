@@ -1,0 +1,234 @@
+//! The objects a Pipeline owns, built by pure functions from the Pipeline and the versions
+//! of the Secrets it references, so each can be unit-tested without a cluster.
+
+pub mod config;
+pub mod deployment;
+pub mod service;
+pub mod service_monitor;
+
+use std::collections::BTreeMap;
+
+use kube::{api::ApiResource, Resource, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::crd::Pipeline;
+
+pub const METRICS_PORT: i32 = 9090;
+pub const MANAGER: &str = "natsflow-operator";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Fetcher,
+    Mapper,
+    Saver,
+    Broadcaster,
+}
+
+impl Component {
+    pub const ALL: [Component; 4] = [
+        Component::Fetcher,
+        Component::Mapper,
+        Component::Saver,
+        Component::Broadcaster,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Fetcher => "fetcher",
+            Component::Mapper => "mapper",
+            Component::Saver => "saver",
+            Component::Broadcaster => "broadcaster",
+        }
+    }
+}
+
+/// Name of a component's Deployment: `NAME-mapper`.
+pub fn deployment_name(p: &Pipeline, c: Component) -> String {
+    format!("{}-{}", p.name_any(), c.as_str())
+}
+
+pub fn config_name(p: &Pipeline) -> String {
+    format!("{}-config", p.name_any())
+}
+
+pub fn service_name(p: &Pipeline) -> String {
+    format!("{}-metrics", p.name_any())
+}
+
+/// Labels that select one component's pods.
+pub fn selector(p: &Pipeline, c: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "natsflow".into()),
+        ("app.kubernetes.io/instance".into(), p.name_any()),
+        ("app.kubernetes.io/component".into(), c.as_str().into()),
+    ])
+}
+
+/// The mapper selector as a string, for the scale subresource.
+pub fn mapper_selector(p: &Pipeline) -> String {
+    selector(p, Component::Mapper)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Labels every child carries.
+pub fn labels(p: &Pipeline, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "natsflow".into()),
+        ("app.kubernetes.io/instance".into(), p.name_any()),
+        ("app.kubernetes.io/component".into(), component.into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+    ])
+}
+
+/// Metadata of a child: name, namespace, labels, and the controller owner reference that
+/// makes Kubernetes delete it with the Pipeline.
+pub fn metadata(p: &Pipeline, name: &str, component: &str) -> Value {
+    let owner = p
+        .controller_owner_ref(&())
+        .expect("a Pipeline from the API server has a uid");
+    json!({
+        "name": name,
+        "namespace": p.namespace(),
+        "labels": labels(p, component),
+        "ownerReferences": [owner],
+    })
+}
+
+/// A child object as server-side apply takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Child {
+    pub resource: ApiResource,
+    pub name: String,
+    pub object: Value,
+}
+
+/// Every child a Pipeline should have, in apply order (config before the pods that read it).
+pub fn desired(
+    p: &Pipeline,
+    secret_versions: &BTreeMap<String, String>,
+    service_monitors: bool,
+) -> Vec<Child> {
+    let cm = config::config_map(p);
+    let mut out = vec![
+        Child {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+            name: config_name(p),
+            object: config_object(&cm),
+        },
+        Child {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            name: service_name(p),
+            object: service::service(p),
+        },
+    ];
+    for c in deployment::components(p) {
+        out.push(Child {
+            resource: ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&()),
+            name: deployment_name(p, c),
+            object: deployment::deployment(p, c, &cm, secret_versions),
+        });
+    }
+    if service_monitors {
+        if let Some(sm) = service_monitor::service_monitor(p) {
+            out.push(Child {
+                resource: service_monitor::api_resource(),
+                name: p.name_any(),
+                object: sm,
+            });
+        }
+    }
+    out
+}
+
+fn config_object(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Value {
+    let mut v = serde_json::to_value(cm).expect("ConfigMap serializes");
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("ConfigMap");
+    v
+}
+
+/// True when every field of `desired` has the same value in `observed`. Fields the API
+/// server or others added (defaults, status, managedFields) do not matter, so an unchanged
+/// Pipeline leads to no write, while a child edited by hand is put back.
+pub fn contains(observed: &Value, desired: &Value) -> bool {
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, dv)| match o.get(k) {
+            Some(ov) => contains(ov, dv),
+            None => {
+                dv.is_null()
+                    || dv.as_object().is_some_and(|m| m.is_empty())
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+            }
+        }),
+        (Value::Array(o), Value::Array(d)) => {
+            o.len() == d.len() && o.iter().zip(d).all(|(ov, dv)| contains(ov, dv))
+        }
+        (o, d) => o == d,
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::crd::PipelineSpec;
+
+    /// A Pipeline as the API server would hand it over, from YAML.
+    pub fn pipeline(spec_yaml: &str) -> Pipeline {
+        let spec: PipelineSpec = serde_yaml_ng::from_str(spec_yaml).unwrap();
+        let mut p = Pipeline::new("users", spec);
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some("0b6a3c3e-6d4b-4a43-9e7c-1f1d3b0b2f10".into());
+        p.metadata.generation = Some(1);
+        p
+    }
+
+    pub const MINIMAL: &str =
+        "nats: {url: 'nats://my-nats:4222'}\nimage: natsflow/natsflow:0.1.0\n";
+
+    #[test]
+    fn contains_ignores_added_fields_but_not_changed_ones() {
+        let desired =
+            json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "m"}]}}}});
+        let observed = json!({"spec": {"replicas": 3, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [{"name": "m", "imagePullPolicy": "IfNotPresent"}]}}}, "status": {}});
+        assert!(contains(&observed, &desired));
+        let scaled =
+            json!({"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "m"}]}}}});
+        assert!(!contains(&scaled, &desired));
+        let extra_container = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "m"}, {"name": "x"}]}}}});
+        assert!(!contains(&extra_container, &desired));
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_pipeline() {
+        let p = pipeline(MINIMAL);
+        for child in desired(&p, &BTreeMap::new(), true) {
+            let owner = &child.object["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "Pipeline", "{}", child.name);
+            assert_eq!(owner["controller"], true);
+            assert_eq!(owner["uid"], "0b6a3c3e-6d4b-4a43-9e7c-1f1d3b0b2f10");
+            assert_eq!(child.object["metadata"]["namespace"], "default");
+        }
+    }
+
+    #[test]
+    fn minimal_pipeline_children() {
+        let p = pipeline(MINIMAL);
+        let names: Vec<_> = desired(&p, &BTreeMap::new(), true)
+            .into_iter()
+            .map(|c| format!("{}/{}", c.resource.kind, c.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ConfigMap/users-config",
+                "Service/users-metrics",
+                "Deployment/users-fetcher",
+                "Deployment/users-mapper",
+                "Deployment/users-saver"
+            ]
+        );
+    }
+}
