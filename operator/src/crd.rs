@@ -386,6 +386,12 @@ pub struct PipelineStatus {
     pub chunks_total: Option<u64>,
 }
 
+/// The CRD as YAML: what `natsflow-operator crd` prints and crds/pipeline.yaml holds.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&Pipeline::crd()).expect("CRD serializes")
+}
+
 impl PipelineSpec {
     /// Chunks in the data set, when the source says (the generated one does).
     pub fn total_chunks(&self) -> Option<u64> {

@@ -5,11 +5,9 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
 use kube_lease_manager::LeaseManagerBuilder;
 use natsflow_operator::{
     controller,
-    crd::Pipeline,
     metrics::Metrics,
     reconcile::Context,
     telemetry::{self, LogFormat},
@@ -59,10 +57,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Crd) = cli.command {
-        print!(
-            "{}",
-            serde_yaml_ng::to_string(&Pipeline::crd()).expect("CRD serializes")
-        );
+        print!("{}", natsflow_operator::crd::crd_yaml());
         return ExitCode::SUCCESS;
     }
     telemetry::init(cli.log_format);
