@@ -109,9 +109,12 @@ pub struct MapperArgs {
     /// Chunks this mapper processes at once (app9: 1).
     #[arg(long, env = "NATSFLOW_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
-    /// Transform: `fullname` maps {uuid, fn, ln} to {id, name: "fn ln"}.
+    /// Transform: `fullname` maps {uuid, fn, ln} to {id, name: "fn ln"}; `jq` applies --jq.
     #[arg(long, env = "NATSFLOW_TRANSFORM", value_enum, default_value_t = TransformKind::Fullname)]
     pub transform: TransformKind,
+    /// jq expression applied to each object (with --transform jq), e.g. '{id: .uuid}'.
+    #[arg(long, env = "NATSFLOW_JQ")]
+    pub jq: Option<String>,
     /// Least simulated work per chunk, in milliseconds.
     #[arg(long, env = "NATSFLOW_WORK_MS_MIN", default_value_t = 0)]
     pub work_ms_min: u64,
@@ -123,6 +126,7 @@ pub struct MapperArgs {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransformKind {
     Fullname,
+    Jq,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -208,3 +208,48 @@ async fn to_mapper(
     while next(status).await.payload.as_ref() != b"im_listening" {}
     c.publish("mapper_data", payload.into()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jq_transform_maps_with_the_expression() {
+    let nats = Nats::start("jq");
+    let dir = temp_dir("jq");
+    let _mapper = Proc::worker("mapper", "mapper", &nats, &dir)
+        .env("NATSFLOW_TRANSFORM", "jq")
+        .env(
+            "NATSFLOW_JQ",
+            r#"{id: .uuid, initials: "\(.fn[0:1])\(.ln[0:1])"}"#,
+        )
+        .start();
+    let c = nats.client().await;
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    let mut saver_data = c.subscribe("saver_data").await.unwrap();
+    to_mapper(
+        &c,
+        &mut status,
+        r#"{"index": 3, "data": [{"uuid": "a", "fn": "Maria", "ln": "Virtanen"}]}"#,
+    )
+    .await;
+    let out: Value = serde_json::from_slice(&next(&mut saver_data).await.payload).unwrap();
+    assert_eq!(
+        out,
+        json!({"index": 3, "data": [{"id": "a", "initials": "MV"}]})
+    );
+}
+
+#[test]
+fn an_invalid_jq_expression_stops_the_mapper_with_the_reason() {
+    let nats = Nats::start("jq-bad");
+    let dir = temp_dir("jq-bad");
+    let mut mapper = Proc::worker("mapper", "mapper", &nats, &dir)
+        .env("NATSFLOW_TRANSFORM", "jq")
+        .env("NATSFLOW_JQ", "{id: .uuid")
+        .start();
+    assert!(!mapper.wait(WAIT).success());
+    assert!(
+        mapper
+            .log_text()
+            .contains("jq expression `{id: .uuid` does not parse"),
+        "{}",
+        mapper.log_text()
+    );
+}

@@ -2,6 +2,7 @@
 //! and passes them to `saver_data`. Each of its `concurrency` slots is subscribed only while
 //! it is free, and for one message at most, so a mapper never holds more chunks than slots.
 
+pub mod jq;
 pub mod transform;
 
 use std::{
@@ -30,6 +31,7 @@ pub async fn run(w: Worker, args: MapperArgs) -> anyhow::Result<()> {
             args.work_ms_max
         );
     }
+    let transform = Arc::new(transform::Transform::from_args(&args).map_err(anyhow::Error::msg)?);
     let idle: Vec<Arc<AtomicBool>> = (0..args.concurrency)
         .map(|_| Arc::new(AtomicBool::new(false)))
         .collect();
@@ -69,6 +71,7 @@ pub async fn run(w: Worker, args: MapperArgs) -> anyhow::Result<()> {
                 metrics: w.metrics.clone(),
                 id: w.id.clone(),
                 args: args.clone(),
+                transform: transform.clone(),
                 idle: flag,
             };
             let shutdown = w.shutdown.clone();
@@ -89,6 +92,7 @@ struct Slot {
     metrics: Metrics,
     id: String,
     args: MapperArgs,
+    transform: Arc<transform::Transform>,
     idle: Arc<AtomicBool>,
 }
 
@@ -128,7 +132,7 @@ impl Slot {
                 return Ok(());
             }
         };
-        let mapped = transform::map_chunk(self.args.transform, &chunk);
+        let mapped = transform::map_chunk(&self.transform, &chunk);
         for r in &mapped.rejected {
             let reason = format!("chunk #{} object {}: {}", chunk.index, r.position, r.reason);
             tracing::warn!("dead-lettered an object: {reason}");

@@ -6,7 +6,28 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{config::TransformKind, protocol::RawChunk};
+use super::jq::Jq;
+use crate::{
+    config::{MapperArgs, TransformKind},
+    protocol::RawChunk,
+};
+
+pub enum Transform {
+    Fullname,
+    Jq(Jq),
+}
+
+impl Transform {
+    pub fn from_args(args: &MapperArgs) -> Result<Transform, String> {
+        match (args.transform, &args.jq) {
+            (TransformKind::Fullname, _) => Ok(Transform::Fullname),
+            (TransformKind::Jq, Some(code)) => Jq::new(code).map(Transform::Jq),
+            (TransformKind::Jq, None) => {
+                Err("--transform jq needs an expression: set --jq or NATSFLOW_JQ".into())
+            }
+        }
+    }
+}
 
 /// One object the transform could not map.
 #[derive(Debug, PartialEq)]
@@ -23,21 +44,24 @@ pub struct Mapped {
     pub rejected: Vec<Rejected>,
 }
 
-pub fn map_chunk(kind: TransformKind, chunk: &RawChunk<'_>) -> Mapped {
+pub fn map_chunk(transform: &Transform, chunk: &RawChunk<'_>) -> Mapped {
     let mut payload = Vec::with_capacity(64 + chunk.data.len() * 64);
     payload.extend_from_slice(format!("{{\"index\":{},\"data\":[", chunk.index).as_bytes());
     let mut objects = 0;
     let mut rejected = Vec::new();
     for (position, obj) in chunk.data.iter().enumerate() {
         let start = payload.len();
-        if objects > 0 {
-            payload.push(b',');
-        }
-        let result = match kind {
-            TransformKind::Fullname => fullname(obj, &mut payload),
+        let result = match transform {
+            Transform::Fullname => {
+                if objects > 0 {
+                    payload.push(b',');
+                }
+                fullname(obj, &mut payload).map(|()| 1)
+            }
+            Transform::Jq(jq) => jq.apply(obj.get(), &mut payload, objects),
         };
         match result {
-            Ok(()) => objects += 1,
+            Ok(n) => objects += n,
             Err(reason) => {
                 payload.truncate(start);
                 rejected.push(Rejected {
@@ -91,7 +115,7 @@ mod tests {
     #[test]
     fn fullname_maps_people() {
         let input = br#"{"index":7,"data":[{"uuid":"u1","fn":"Ada","ln":"Lovelace","friends":["u2"]},{"uuid":"u2","fn":"Al\"an","ln":"Turing","friends":[]}]}"#;
-        let m = map_chunk(TransformKind::Fullname, &parse_raw_chunk(input).unwrap());
+        let m = map_chunk(&Transform::Fullname, &parse_raw_chunk(input).unwrap());
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(
             v,
@@ -104,7 +128,7 @@ mod tests {
     #[test]
     fn rejected_objects_are_set_aside_and_the_rest_goes_on() {
         let input = br#"{"index":1,"data":[{"uuid":"a","fn":"A","ln":"B"},42,{"uuid":"c","fn":1,"ln":"D"},{"uuid":"e","fn":"E","ln":"F"}]}"#;
-        let m = map_chunk(TransformKind::Fullname, &parse_raw_chunk(input).unwrap());
+        let m = map_chunk(&Transform::Fullname, &parse_raw_chunk(input).unwrap());
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["data"][1]["id"], "e");
@@ -119,9 +143,28 @@ mod tests {
     }
 
     #[test]
+    fn jq_outputs_replace_each_object() {
+        let t = Transform::Jq(Jq::new("select(.fn != \"B\") | {id: .uuid}").unwrap());
+        let input = br#"{"index":2,"data":[{"uuid":"a","fn":"A"},{"uuid":"b","fn":"B"},{"uuid":"c","fn":"C"},{"uuid":1,"fn":[]}]}"#;
+        let m = map_chunk(&t, &parse_raw_chunk(input).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"index": 2, "data": [{"id": "a"}, {"id": "c"}, {"id": 1}]})
+        );
+        let bad = Transform::Jq(Jq::new(".fn + 1").unwrap());
+        let m = map_chunk(&bad, &parse_raw_chunk(input).unwrap());
+        assert_eq!(m.rejected.len(), 4);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["data"],
+            serde_json::json!([])
+        );
+    }
+
+    #[test]
     fn first_object_rejected_leaves_valid_json() {
         let input = br#"{"index":1,"data":[1,{"uuid":"e","fn":"E","ln":"F"}]}"#;
-        let m = map_chunk(TransformKind::Fullname, &parse_raw_chunk(input).unwrap());
+        let m = map_chunk(&Transform::Fullname, &parse_raw_chunk(input).unwrap());
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 1);
     }

@@ -265,9 +265,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 /// Every chunk file of the data set is there, once, with exactly what the mapper should
 /// have made of the generated chunk.
 pub fn assert_all_chunks_saved(dir: &Path, objects: u64, chunk_size: u64, seed: u64) {
-    use natsflow::{
-        config::TransformKind, fetcher::source::Generated, mapper::transform, protocol,
-    };
+    use natsflow::{fetcher::source::Generated, mapper::transform, protocol};
     let source = Generated {
         seed,
         objects,
@@ -284,7 +282,7 @@ pub fn assert_all_chunks_saved(dir: &Path, objects: u64, chunk_size: u64, seed: 
         let saved = std::fs::read(natsflow::saver::sink::chunk_path(dir, i)).unwrap();
         let input = source.chunk(i);
         let expected = transform::map_chunk(
-            TransformKind::Fullname,
+            &transform::Transform::Fullname,
             &protocol::parse_raw_chunk(&input).unwrap(),
         )
         .payload;
