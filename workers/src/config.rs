@@ -148,6 +148,57 @@ pub enum SinkKind {
     File,
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct BroadcasterArgs {
+    /// Subject the application publishes todo events on.
+    #[arg(long, env = "NATSFLOW_EVENT_SUBJECT", default_value = "todos.events")]
+    pub subject: String,
+    /// Where events go.
+    #[arg(long, env = "NATSFLOW_TARGET", value_enum)]
+    pub target: TargetKind,
+    /// The bot token (telegram) or webhook URL (slack, discord, generic). Prefer the
+    /// environment variable, set from a Secret: flags show in `ps`.
+    #[arg(long, env = "NATSFLOW_TARGET_SECRET", hide_env_values = true)]
+    pub target_secret: Option<String>,
+    /// File holding the token or webhook URL, e.g. a mounted Secret.
+    #[arg(long, env = "NATSFLOW_TARGET_SECRET_FILE")]
+    pub target_secret_file: Option<PathBuf>,
+    /// Telegram chat to post to.
+    #[arg(long, env = "NATSFLOW_TELEGRAM_CHAT_ID")]
+    pub telegram_chat_id: Option<String>,
+    /// Telegram Bot API base URL (a self-hosted Bot API server, or a test server).
+    #[arg(
+        long,
+        env = "NATSFLOW_TELEGRAM_API_URL",
+        default_value = "https://api.telegram.org"
+    )]
+    pub telegram_api_url: String,
+    /// Message text; {event}, {text}, {id} and {done} are filled in from the event.
+    #[arg(
+        long,
+        env = "NATSFLOW_MESSAGE_TEMPLATE",
+        default_value = "A todo was {event}: {text}"
+    )]
+    pub message_template: String,
+    /// Timeout of one request to the target.
+    #[arg(long, env = "NATSFLOW_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Attempts per message when the target clearly did not take it (5xx, 429, refused).
+    #[arg(long, env = "NATSFLOW_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Longest time spent on one message, waits included.
+    #[arg(long, env = "NATSFLOW_RETRY_BUDGET", default_value = "60s", value_parser = parse_duration)]
+    pub retry_budget: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Telegram,
+    Slack,
+    Discord,
+    Generic,
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

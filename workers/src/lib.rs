@@ -1,6 +1,8 @@
 //! natsflow workers: the fetcher, mapper and saver of the app9-compatible pipeline, and the
 //! pieces they share (wire protocol, configuration, NATS connection, health and metrics).
 
+pub mod broadcaster;
+pub mod cli;
 pub mod config;
 pub mod fetcher;
 pub mod local;

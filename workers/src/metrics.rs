@@ -2,13 +2,20 @@
 //! dashboard query covers them all; a counter a kind never touches stays at zero.
 
 use prometheus_client::{
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
+        family::Family,
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
     },
     registry::Registry,
 };
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -23,6 +30,10 @@ pub struct Metrics {
     pub nats_reconnects: Counter,
     pub chunks_total: Gauge,
     pub chunks_done: Gauge,
+    pub broadcast_sent: Family<TargetLabel, Counter>,
+    pub broadcast_failed: Family<TargetLabel, Counter>,
+    pub broadcast_retried: Family<TargetLabel, Counter>,
+    pub broadcast_possibly_lost: Family<TargetLabel, Counter>,
 }
 
 impl Metrics {
@@ -40,6 +51,10 @@ impl Metrics {
             nats_reconnects: Counter::default(),
             chunks_total: Gauge::default(),
             chunks_done: Gauge::default(),
+            broadcast_sent: Family::default(),
+            broadcast_failed: Family::default(),
+            broadcast_retried: Family::default(),
+            broadcast_possibly_lost: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("natsflow");
         r.register(
@@ -96,6 +111,26 @@ impl Metrics {
             "chunks_done",
             "Chunks saved and acknowledged (fetcher)",
             m.chunks_done.clone(),
+        );
+        r.register(
+            "broadcast_sent",
+            "Events the target accepted",
+            m.broadcast_sent.clone(),
+        );
+        r.register(
+            "broadcast_failed",
+            "Events the target refused or that ran out of retries",
+            m.broadcast_failed.clone(),
+        );
+        r.register(
+            "broadcast_retried",
+            "Sends tried again after the target clearly did not take them",
+            m.broadcast_retried.clone(),
+        );
+        r.register(
+            "broadcast_possibly_lost",
+            "Sends with an unknown outcome (e.g. a timeout after sending), never retried",
+            m.broadcast_possibly_lost.clone(),
         );
         m
     }

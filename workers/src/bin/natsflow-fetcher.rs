@@ -1,32 +1,16 @@
 use axum::{http::header, routing::get, Router};
 use clap::Parser;
-use natsflow::{
-    config::{CommonArgs, FetcherArgs},
-    fetcher,
-    metrics::Metrics,
-    telemetry, worker,
-};
+use natsflow::{cli::FetcherCli, fetcher, metrics::Metrics, telemetry, worker};
 use prometheus_client::registry::Registry;
-
-/// natsflow fetcher: splits the data set into chunks, sends one to each ready mapper and
-/// re-sends a chunk only when its ack timeout passes. Exactly one should run per pipeline.
-#[derive(Parser)]
-#[command(name = "natsflow-fetcher", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    fetcher: FetcherArgs,
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = FetcherCli::parse();
     telemetry::init(cli.common.log_format);
     worker::exit_status(run(cli).await)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: FetcherCli) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let (done, total) = (metrics.chunks_done.clone(), metrics.chunks_total.clone());

@@ -1,31 +1,15 @@
 use clap::Parser;
-use natsflow::{
-    config::{CommonArgs, MapperArgs},
-    mapper,
-    metrics::Metrics,
-    telemetry, worker,
-};
+use natsflow::{cli::MapperCli, mapper, metrics::Metrics, telemetry, worker};
 use prometheus_client::registry::Registry;
-
-/// natsflow mapper: takes one chunk at a time per slot from mapper_data (queue group
-/// mapper.workers), transforms it and passes it to saver_data. Scale it with replicas.
-#[derive(Parser)]
-#[command(name = "natsflow-mapper", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    mapper: MapperArgs,
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = MapperCli::parse();
     telemetry::init(cli.common.log_format);
     worker::exit_status(run(cli).await)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: MapperCli) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let w = worker::start(

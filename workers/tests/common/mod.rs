@@ -117,6 +117,7 @@ pub fn bin(name: &str) -> PathBuf {
         "fetcher" => env!("CARGO_BIN_EXE_natsflow-fetcher").into(),
         "mapper" => env!("CARGO_BIN_EXE_natsflow-mapper").into(),
         "saver" => env!("CARGO_BIN_EXE_natsflow-saver").into(),
+        "broadcaster" => env!("CARGO_BIN_EXE_natsflow-broadcaster").into(),
         "natsflow" => env!("CARGO_BIN_EXE_natsflow").into(),
         other => panic!("no binary {other}"),
     }
