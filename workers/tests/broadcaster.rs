@@ -26,11 +26,14 @@ struct Received {
     body: Value,
 }
 
+/// A scripted answer: status, headers, body.
+type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
 #[derive(Default)]
 struct Inbox {
     received: Vec<Received>,
     /// Answers to give before the default 200, in order: (status, headers, body).
-    script: VecDeque<(u16, Vec<(&'static str, &'static str)>, &'static str)>,
+    script: VecDeque<Answer>,
 }
 
 type Shared = Arc<Mutex<Inbox>>;
