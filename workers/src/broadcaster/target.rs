@@ -14,6 +14,17 @@ pub struct Target {
     chat_id: String,
 }
 
+/// Shows everything but the secret.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("kind", &self.kind)
+            .field("secret", &"<redacted>")
+            .field("chat_id", &self.chat_id)
+            .finish()
+    }
+}
+
 impl Target {
     pub fn new(
         kind: TargetKind,
