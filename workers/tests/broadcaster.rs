@@ -476,3 +476,49 @@ async fn the_token_appears_in_no_log_line() {
         "part of the token leaked into a log:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natsflow_run_forwards_events_when_asked() {
+    let nats = Nats::start("bc-run");
+    let (url, inbox) = receiver();
+    let mut run = std::process::Command::new(bin("natsflow"))
+        .args([
+            "run",
+            "--objects",
+            "3000",
+            "--mappers",
+            "2",
+            "--work-ms",
+            "20-40",
+            "--broadcasters",
+            "2",
+        ])
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--broadcast-url",
+            &format!("{url}/hook"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = nats.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Publish until a broadcaster is up and forwards one.
+    while received(&inbox).is_empty() && Instant::now() < deadline {
+        c.publish("todos.events", event(1).into()).await.unwrap();
+        c.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = run.wait().unwrap();
+    let out = std::io::read_to_string(run.stdout.take().unwrap()).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("all 30 chunks saved"), "{out}");
+    let got = received(&inbox);
+    assert!(!got.is_empty(), "no event was forwarded");
+    assert_eq!(
+        got[0].body,
+        json!({"user": "bot", "message": "A todo was created: todo 1"})
+    );
+}

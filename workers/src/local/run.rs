@@ -54,6 +54,13 @@ pub struct RunArgs {
     /// Keep the workers' logs here (default: a temporary directory, kept only on failure).
     #[arg(long)]
     pub logs: Option<PathBuf>,
+    /// Also run broadcasters that forward todo events (subject todos.events) to this URL as
+    /// the generic target: POST {"user": "bot", "message": ...}.
+    #[arg(long)]
+    pub broadcast_url: Option<String>,
+    /// Broadcaster processes, with --broadcast-url.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub broadcasters: u32,
     /// Restarts allowed per worker before the run gives up.
     #[arg(long, default_value_t = 3)]
     pub max_restarts: u32,
@@ -181,6 +188,20 @@ impl Session {
                 .env("NATSFLOW_EXIT_WHEN_DONE", "true")
                 .env("NATSFLOW_SUMMARY_FILE", summary_file.display().to_string()),
         );
+        if let Some(target) = &args.broadcast_url {
+            for i in 1..=args.broadcasters {
+                self.procs.push(
+                    common(Proc::new(
+                        &format!("broadcaster-{i}"),
+                        &bins.broadcaster,
+                        &self.dir,
+                    ))
+                    .env("NATSFLOW_TARGET", "generic")
+                    .env("NATSFLOW_TARGET_SECRET", target),
+                );
+            }
+            eprintln!("broadcasting todo events published on todos.events at {url}");
+        }
         for p in &mut self.procs {
             p.start()?;
         }
@@ -292,6 +313,7 @@ pub struct Binaries {
     pub fetcher: PathBuf,
     pub mapper: PathBuf,
     pub saver: PathBuf,
+    pub broadcaster: PathBuf,
 }
 
 impl Binaries {
@@ -315,6 +337,7 @@ impl Binaries {
             fetcher: find("natsflow-fetcher")?,
             mapper: find("natsflow-mapper")?,
             saver: find("natsflow-saver")?,
+            broadcaster: find("natsflow-broadcaster")?,
         })
     }
 }
