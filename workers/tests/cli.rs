@@ -140,3 +140,31 @@ fn ctrl_c_leaves_no_process_behind() {
     let left: Vec<u32> = kids.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
+
+#[test]
+fn bench_prints_every_case_against_the_floor() {
+    let o = natsflow()
+        .args(["bench", "--runs", "1", "--objects", "5000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("{stdout}");
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for case in [
+        "(a) raw request/reply",
+        "(b) natsflow, 1 mapper",
+        "(b) natsflow, 10 mapper",
+        "(c) natsflow, 10 mappers, work 0-200 ms",
+        "(d) peak memory (max RSS): fetcher",
+    ] {
+        assert!(stdout.contains(case), "missing {case}:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("mapper -,"),
+        "every kind's memory was measured:\n{stdout}"
+    );
+}

@@ -35,6 +35,9 @@ pub struct Summary {
     /// From the first send to the last acknowledgement.
     pub elapsed_secs: f64,
     pub objects_per_sec: f64,
+    /// This fetcher's peak memory (max RSS) in KiB, when the OS tells.
+    #[serde(default)]
+    pub peak_rss_kib: Option<u64>,
 }
 
 /// How long without a readiness signal, while chunks wait, before asking `anyone_listening`.
@@ -96,6 +99,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         duplicates: 0,
         elapsed_secs: 0.0,
         objects_per_sec: 0.0,
+        peak_rss_kib: None,
     };
     let mut credits: u64 = 0;
     let mut started: Option<Instant> = None;
@@ -280,6 +284,10 @@ fn log_summary(s: &Summary) {
 
 fn write_summary(args: &FetcherArgs, s: &Summary) -> anyhow::Result<()> {
     if let Some(path) = &args.summary_file {
+        let s = &Summary {
+            peak_rss_kib: crate::local::run::peak_rss_kib(std::process::id()),
+            ..s.clone()
+        };
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
         std::fs::rename(&tmp, path)?;

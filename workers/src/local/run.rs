@@ -3,7 +3,7 @@
 //! with a summary and exit status 0 only when every chunk was saved.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     io::IsTerminal,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// Broadcaster processes, with --broadcast-url.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub broadcasters: u32,
+    /// No progress bar or progress lines (for `natsflow bench`).
+    #[arg(long, hide = true)]
+    pub quiet: bool,
     /// Restarts allowed per worker before the run gives up.
     #[arg(long, default_value_t = 3)]
     pub max_restarts: u32,
@@ -87,6 +90,8 @@ pub struct Outcome {
     pub summary: Summary,
     pub dead_letters: u64,
     pub wall: Duration,
+    /// Highest peak memory (max RSS, KiB) seen per process kind: fetcher, mapper, saver.
+    pub peak_kib: BTreeMap<String, u64>,
 }
 
 const GRACE: Duration = Duration::from_secs(5);
@@ -105,14 +110,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         procs: Vec::new(),
         nats: None,
         dir: dir.clone(),
+        peak_kib: BTreeMap::new(),
     };
-    let result = session.run(&args, wall).await;
+    let mut result = session.run(&args, wall).await;
     session.stop().await;
+    if let Ok(o) = &mut result {
+        for (kind, kib) in &session.peak_kib {
+            let e = o.peak_kib.entry(kind.clone()).or_default();
+            *e = (*e).max(*kib);
+        }
+    }
     match &result {
         Ok(o) if o.summary.complete && temporary => {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        Ok(_) | Err(_) => eprintln!("worker logs: {}", dir.display()),
+        Ok(_) | Err(_) if !args.quiet => eprintln!("worker logs: {}", dir.display()),
+        _ => {}
     }
     result
 }
@@ -121,10 +134,24 @@ struct Session {
     procs: Vec<Proc>,
     nats: Option<Proc>,
     dir: PathBuf,
+    peak_kib: BTreeMap<String, u64>,
 }
 
 impl Session {
+    /// Records each worker's peak memory so far (VmHWM), by kind.
+    fn sample_memory(&mut self) {
+        for p in &self.procs {
+            let Some(kib) = p.pid().and_then(peak_rss_kib) else {
+                continue;
+            };
+            let kind = p.name.split('-').next().unwrap_or(&p.name).to_string();
+            let e = self.peak_kib.entry(kind).or_default();
+            *e = (*e).max(kib);
+        }
+    }
+
     async fn stop(&mut self) {
+        self.sample_memory();
         procs::stop_all(&mut self.procs, GRACE).await;
         if let Some(n) = self.nats.as_mut() {
             n.stop(GRACE).await;
@@ -186,6 +213,15 @@ impl Session {
                 .env("NATSFLOW_SEED", args.seed.to_string())
                 .env("NATSFLOW_ACK_TIMEOUT", &args.ack_timeout)
                 .env("NATSFLOW_EXIT_WHEN_DONE", "true")
+                // A fresh run each time, even against a NATS that saw this data set before.
+                .env(
+                    "NATSFLOW_RUN_ID",
+                    format!(
+                        "local-{}-{}",
+                        std::process::id(),
+                        wall.elapsed().as_nanos() ^ fastrand::u128(..)
+                    ),
+                )
                 .env("NATSFLOW_SUMMARY_FILE", summary_file.display().to_string()),
         );
         if let Some(target) = &args.broadcast_url {
@@ -200,14 +236,20 @@ impl Session {
                     .env("NATSFLOW_TARGET_SECRET", target),
                 );
             }
-            eprintln!("broadcasting todo events published on todos.events at {url}");
+            if !args.quiet {
+                eprintln!("broadcasting todo events published on todos.events at {url}");
+            }
         }
         for p in &mut self.procs {
             p.start()?;
         }
 
         let total = args.objects.div_ceil(args.chunk_size);
-        let bar = progress_bar(total);
+        let bar = if args.quiet {
+            ProgressBar::hidden()
+        } else {
+            progress_bar(total)
+        };
         let mut saved = HashSet::new();
         let mut dead_letters = 0u64;
         let mut first_ack: Option<Instant> = None;
@@ -236,7 +278,8 @@ impl Session {
                 }
                 Some(_) = dead.next() => dead_letters += 1,
                 _ = tick.tick() => {
-                    if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(2) {
+                    self.sample_memory();
+                    if bar.is_hidden() && !args.quiet && last_line.elapsed() > Duration::from_secs(2) {
                         last_line = Instant::now();
                         eprintln!("saved {}/{total} chunks", saved.len());
                     }
@@ -247,7 +290,11 @@ impl Session {
                         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), dead.next()).await {
                             dead_letters += 1;
                         }
-                        return Ok(Outcome { summary, dead_letters, wall: wall.elapsed() });
+                        let mut peak_kib = self.peak_kib.clone();
+                        if let Some(kib) = summary.peak_rss_kib {
+                            peak_kib.insert("fetcher".into(), kib);
+                        }
+                        return Ok(Outcome { summary, dead_letters, wall: wall.elapsed(), peak_kib });
                     }
                 }
             }
@@ -360,4 +407,17 @@ pub fn report(o: &Outcome) -> String {
         s.duplicates,
         o.dead_letters
     )
+}
+
+/// Peak resident memory of a process in KiB (VmHWM), Linux only.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

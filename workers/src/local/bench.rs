@@ -1,0 +1,207 @@
+//! `natsflow bench`: natsflow's speed and memory against a floor measured in the same run.
+//!
+//! (a) the raw floor: async-nats request/reply moving the same 1000 chunks (generated the same
+//!     way) to an echoing responder, 10 in flight;
+//! (b) natsflow end to end, as `natsflow run` runs it, with 1, 4 and 10 mappers;
+//! (c) 10 mappers with simulated work drawn from 0-200 ms against the ideal 1000 × 100 ms / 10;
+//! (d) peak memory of each process kind.
+//! Each figure is the median of `--runs` runs.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+
+use super::{
+    nats_server,
+    run::{self, RunArgs},
+};
+use crate::fetcher::source::Generated;
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Runs per case; the table shows medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub runs: u32,
+    /// Objects in the data set.
+    #[arg(long, default_value_t = 100_000)]
+    pub objects: u64,
+    /// Skip case (c), which takes about 10 s a run.
+    #[arg(long)]
+    pub skip_work: bool,
+}
+
+const CHUNK: u64 = 100;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<String> {
+    let server = nats_server::find().ok_or_else(|| anyhow::anyhow!(nats_server::NOT_FOUND))?;
+    let dir = std::env::temp_dir().join(format!("natsflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = nats_server::free_port()?;
+    let mut nats = nats_server::start(&server, &dir, port).await?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let result = cases(&args, &url).await;
+    nats.stop(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn cases(args: &BenchArgs, url: &str) -> anyhow::Result<String> {
+    let source = Generated {
+        seed: 1,
+        objects: args.objects,
+        chunk_size: CHUNK,
+    };
+    let mut out = format!(
+        "natsflow bench: {} objects in {} chunks, median of {} run(s), nats-server on loopback\n\n",
+        args.objects,
+        source.chunks(),
+        args.runs
+    );
+    out += &format!(
+        "{:<44} {:>9} {:>11} {:>8}\n",
+        "case", "time", "objects/s", "vs (a)"
+    );
+
+    let mut raw = Vec::new();
+    for _ in 0..args.runs {
+        raw.push(raw_request_reply(url, &source).await?);
+    }
+    let floor = median(raw);
+    out += &row(
+        "(a) raw request/reply, 10 in flight",
+        floor,
+        args.objects,
+        floor,
+    );
+
+    let mut peak = std::collections::BTreeMap::<String, u64>::new();
+    for mappers in [1, 4, 10] {
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let o = pipeline(url, args.objects, mappers, (0, 0)).await?;
+            times.push(o.summary.elapsed_secs);
+            for (k, v) in o.peak_kib {
+                let e = peak.entry(k).or_default();
+                *e = (*e).max(v);
+            }
+        }
+        out += &row(
+            &format!("(b) natsflow, {mappers} mapper(s)"),
+            median(times),
+            args.objects,
+            floor,
+        );
+    }
+
+    if !args.skip_work {
+        let chunks = source.chunks() as f64;
+        let ideal = chunks * 0.100 / 10.0;
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            times.push(
+                pipeline(url, args.objects, 10, (0, 200))
+                    .await?
+                    .summary
+                    .elapsed_secs,
+            );
+        }
+        let t = median(times);
+        out += &format!(
+            "{:<44} {:>7.2} s   ideal {:.2} s ({} × 100 ms / 10): {:+.1}%\n",
+            "(c) natsflow, 10 mappers, work 0-200 ms",
+            t,
+            ideal,
+            chunks,
+            100.0 * (t / ideal - 1.0)
+        );
+    }
+    let mib = |k: &str| {
+        peak.get(k).map_or("-".to_string(), |v| {
+            format!("{:.1} MiB", *v as f64 / 1024.0)
+        })
+    };
+    out += &format!(
+        "\n(d) peak memory (max RSS): fetcher {}, mapper {}, saver {}\n",
+        mib("fetcher"),
+        mib("mapper"),
+        mib("saver")
+    );
+    Ok(out)
+}
+
+fn row(name: &str, secs: f64, objects: u64, floor: f64) -> String {
+    format!(
+        "{name:<44} {secs:>7.3} s {:>11.0} {:>7.2}x\n",
+        objects as f64 / secs,
+        secs / floor
+    )
+}
+
+async fn pipeline(
+    url: &str,
+    objects: u64,
+    mappers: u32,
+    work_ms: (u64, u64),
+) -> anyhow::Result<run::Outcome> {
+    let args = RunArgs {
+        mappers,
+        objects,
+        chunk_size: CHUNK,
+        seed: 1,
+        work_ms,
+        ack_timeout: "30s".into(),
+        out: None,
+        nats_url: Some(url.into()),
+        subject_prefix: format!("bench{}", fastrand::u32(..)),
+        logs: None,
+        broadcast_url: None,
+        broadcasters: 1,
+        quiet: true,
+        max_restarts: 0,
+    };
+    let o = run::run(args).await?;
+    anyhow::ensure!(
+        o.summary.complete,
+        "a natsflow run did not finish: {:?}",
+        o.summary
+    );
+    Ok(o)
+}
+
+/// The floor: the same chunks, made the same way, sent as requests to a responder that
+/// echoes them, with 10 requests in flight. Seconds from the first request to the last reply.
+async fn raw_request_reply(url: &str, source: &Generated) -> anyhow::Result<f64> {
+    let client = async_nats::connect(url).await?;
+    let subject = format!("bench.raw.{}", fastrand::u32(..));
+    let mut sub = client.subscribe(subject.clone()).await?;
+    let responder = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    client.flush().await?;
+    let started = Instant::now();
+    let replies: Vec<_> = futures::stream::iter(0..source.chunks())
+        .map(|i| {
+            let (client, subject) = (client.clone(), subject.clone());
+            async move { client.request(subject, source.chunk(i).into()).await }
+        })
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    echo.abort();
+    for r in replies {
+        r?;
+    }
+    Ok(secs)
+}
