@@ -48,6 +48,12 @@ impl Metrics {
             "Objects created, changed or deleted in the cluster",
             m.writes.clone(),
         );
+        // Exported at 0 from the start, so dashboards and alerts see the series.
+        for reason in ["Connection", "Forbidden", "NotFound", "Conflict", "Invalid"] {
+            let _ = m.failures.get_or_create(&ErrorLabels {
+                reason: reason.into(),
+            });
+        }
         m
     }
 }

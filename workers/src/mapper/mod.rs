@@ -139,9 +139,10 @@ impl Slot {
             self.dead_letter(&msg.subject, &reason, r.object.clone().into())
                 .await?;
         }
+        // The simulated work counts from the chunk's arrival.
         let work = self.work();
         if !work.is_zero() {
-            tokio::time::sleep(work).await;
+            tokio::time::sleep_until((started + work).into()).await;
         }
         let mut headers = HeaderMap::new();
         headers.insert(HDR_WORKER, self.id.as_str());

@@ -30,6 +30,8 @@ pub fn nats_server_bin() -> PathBuf {
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
+    /// The server's HTTP monitoring port (/varz).
+    pub monitor_port: u16,
     dir: PathBuf,
 }
 
@@ -38,6 +40,7 @@ impl Nats {
         let mut n = Nats {
             child: None,
             port: nats_server::free_port().unwrap(),
+            monitor_port: nats_server::free_port().unwrap(),
             dir: temp_dir(name),
         };
         n.launch();
@@ -56,6 +59,8 @@ impl Nats {
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-m",
+                &self.monitor_port.to_string(),
                 "-js",
                 "-sd",
             ])
