@@ -323,6 +323,42 @@ pub struct MonitoringSpec {
     /// A ServiceMonitor for the workers' metrics (needs the Prometheus operator's CRDs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_monitor: Option<ServiceMonitorSpec>,
+    /// A ServiceMonitor for the NATS server's exporter (the nats Helm chart's `metrics` port),
+    /// as the seed sets up by hand; created next to the Pipeline as `NAME-nats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_service_monitor: Option<NatsServiceMonitorSpec>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsServiceMonitorSpec {
+    /// Create the ServiceMonitor.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Namespace of the NATS Service; default: the Pipeline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels of the NATS Service.
+    #[serde(default = "nats_selector")]
+    pub selector: BTreeMap<String, String>,
+    /// Name of the Service port the exporter listens on.
+    #[serde(default = "metrics_port")]
+    #[schemars(length(min = 1))]
+    pub port: String,
+    /// Labels your Prometheus selects ServiceMonitors by, e.g. release: kube-prometheus-stack.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Scrape interval.
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub interval: String,
+}
+
+fn nats_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_string(), "nats".to_string())])
+}
+fn metrics_port() -> String {
+    "metrics".into()
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

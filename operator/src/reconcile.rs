@@ -147,7 +147,9 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    let wants_monitor = service_monitor::service_monitor(p).is_some();
+    let wants_pipeline_monitor = service_monitor::service_monitor(p).is_some();
+    let wants_nats_monitor = service_monitor::nats_service_monitor(p).is_some();
+    let wants_monitor = wants_pipeline_monitor || wants_nats_monitor;
     let had_monitor = status::get(p.status.as_ref(), "Monitoring").is_some();
     let crd_installed = if wants_monitor || had_monitor {
         service_monitor_crd_installed(client).await?
@@ -215,20 +217,22 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
             ));
         }
     }
-    if crd_installed && !wants_monitor {
+    if crd_installed {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &ns, &service_monitor::api_resource());
-        if owned(p, api.get_opt(&p.name_any()).await?.map(|o| o.metadata)) {
-            api.delete(&p.name_any(), &DeleteParams::background())
-                .await?;
-            ctx.metrics.writes.inc();
-            changes.push(format!(
-                "deleted ServiceMonitor {}: monitoring was turned off",
-                p.name_any()
-            ));
+        for (name, wanted) in [
+            (p.name_any(), wants_pipeline_monitor),
+            (service_monitor::nats_name(p), wants_nats_monitor),
+        ] {
+            if !wanted && owned(p, api.get_opt(&name).await?.map(|o| o.metadata)) {
+                api.delete(&name, &DeleteParams::background()).await?;
+                ctx.metrics.writes.inc();
+                changes.push(format!(
+                    "deleted ServiceMonitor {name}: monitoring was turned off"
+                ));
+            }
         }
     }
-
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let progress = progress::read(&pods, p).await.unwrap_or_else(|e| {
         tracing::debug!("pipeline {key}: cannot list the fetcher pod for progress: {e}");

@@ -321,14 +321,41 @@ async fn with_the_service_monitor_crd_it_is_applied() {
         ..Default::default()
     }));
     let p = pipeline(&format!(
-        "{MINIMAL}monitoring: {{serviceMonitor: {{labels: {{release: kube-prometheus-stack}}}}}}\n"
+        "{MINIMAL}monitoring: {{serviceMonitor: {{labels: {{release: kube-prometheus-stack}}}}, natsServiceMonitor: {{namespace: nats}}}}\n"
     ));
     let requests = reconcile_once(&p, &world).await;
     let sm = "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/users";
+    let nats_sm = "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/users-nats";
     assert!(requests.contains(&format!("PATCH {sm}")), "{requests:?}");
-    assert_eq!(
-        world.lock().unwrap().objects[sm]["metadata"]["labels"]["release"],
-        "kube-prometheus-stack"
+    assert!(
+        requests.contains(&format!("PATCH {nats_sm}")),
+        "{requests:?}"
+    );
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(
+            w.objects[sm]["metadata"]["labels"]["release"],
+            "kube-prometheus-stack"
+        );
+        assert_eq!(
+            w.objects[nats_sm]["spec"]["namespaceSelector"]["matchNames"][0],
+            "nats"
+        );
+    }
+
+    // Turned off: the NATS one is deleted, the pipeline's stays.
+    let mut off = current(&p, &world);
+    off.spec.monitoring.nats_service_monitor = None;
+    let requests = reconcile_once(&off, &world).await;
+    assert!(
+        requests.contains(&format!("DELETE {nats_sm}")),
+        "{requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("DELETE") && r.ends_with("/users")),
+        "{requests:?}"
     );
 }
 

@@ -139,6 +139,13 @@ pub fn desired(
                 object: sm,
             });
         }
+        if let Some(sm) = service_monitor::nats_service_monitor(p) {
+            out.push(Child {
+                resource: service_monitor::api_resource(),
+                name: service_monitor::nats_name(p),
+                object: sm,
+            });
+        }
     }
     out
 }

@@ -41,6 +41,39 @@ pub fn service_monitor(p: &Pipeline) -> Option<Value> {
     }))
 }
 
+pub fn nats_name(p: &Pipeline) -> String {
+    format!("{}-nats", p.name_any())
+}
+
+/// The NATS exporter's ServiceMonitor; `None` when the Pipeline does not ask for one.
+pub fn nats_service_monitor(p: &Pipeline) -> Option<Value> {
+    let sm = p
+        .spec
+        .monitoring
+        .nats_service_monitor
+        .as_ref()
+        .filter(|s| s.enabled)?;
+    let mut meta = metadata(p, &nats_name(p), "nats-metrics");
+    for (k, v) in &sm.labels {
+        meta["labels"][k] = json!(v);
+    }
+    let ns = sm
+        .namespace
+        .clone()
+        .or_else(|| p.namespace())
+        .unwrap_or_default();
+    Some(json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": sm.selector},
+            "namespaceSelector": {"matchNames": [ns]},
+            "endpoints": [{"port": sm.port, "path": "/metrics", "interval": sm.interval}],
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +89,21 @@ mod tests {
             sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
             "metrics"
         );
+    }
+
+    #[test]
+    fn nats_service_monitor_defaults_to_the_helm_chart() {
+        let p = pipeline(&format!("{MINIMAL}monitoring: {{natsServiceMonitor: {{labels: {{release: kube-prometheus-stack}}}}}}\n"));
+        let sm = nats_service_monitor(&p).unwrap();
+        assert_eq!(sm["metadata"]["name"], "users-nats");
+        assert_eq!(
+            sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            "nats"
+        );
+        assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"][0], "default");
+        assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+        assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+        assert!(nats_service_monitor(&pipeline(MINIMAL)).is_none());
     }
 
     #[test]
