@@ -1,4 +1,5 @@
-# One image with every natsflow binary: the workers (natsflow-fetcher, -mapper, -saver),
+# One image with every natsflow binary: the workers (natsflow-fetcher, -mapper, -saver,
+# -broadcaster),
 # the operator (natsflow-operator, the entrypoint) and the natsflow CLI.
 #   docker build -t natsflow/natsflow:0.1.0 .
 FROM rust:1.95-slim-bookworm AS build
@@ -12,6 +13,7 @@ COPY --from=build \
     /src/target/release/natsflow-fetcher \
     /src/target/release/natsflow-mapper \
     /src/target/release/natsflow-saver \
+    /src/target/release/natsflow-broadcaster \
     /src/target/release/natsflow-operator \
     /src/target/release/natsflow \
     /usr/local/bin/
