@@ -1,6 +1,5 @@
 # One image with every natsflow binary: the workers (natsflow-fetcher, -mapper, -saver,
-# -broadcaster),
-# the operator (natsflow-operator, the entrypoint) and the natsflow CLI.
+# -broadcaster), the operator (natsflow-operator, the entrypoint) and the natsflow CLI.
 #   docker build -t natsflow/natsflow:0.1.0 .
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
