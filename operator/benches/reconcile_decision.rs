@@ -26,7 +26,10 @@ fn pipelines(n: usize) -> Vec<Pipeline> {
 
 fn main() {
     let ps = pipelines(1000);
-    let versions = BTreeMap::from([("nats-token".to_string(), "7".to_string()), ("bot".to_string(), "9".to_string())]);
+    let versions = BTreeMap::from([
+        ("nats-token".to_string(), "7".to_string()),
+        ("bot".to_string(), "9".to_string()),
+    ]);
     // What the cluster holds: the same children, with fields the API server adds.
     let observed: Vec<Vec<serde_json::Value>> = ps
         .iter()
@@ -61,5 +64,10 @@ fn main() {
         black_box(writes);
     }
     println!("reconcile decision (build {children_per_pipeline} children + compare with the cluster's), 1000 Pipelines, best of {rounds}:");
-    println!("  {:.1} ms in all, {:.1} µs per Pipeline, {:.0} reconcile decisions/s", best * 1e3, best * 1e6 / 1000.0, 1000.0 / best);
+    println!(
+        "  {:.1} ms in all, {:.1} µs per Pipeline, {:.0} reconcile decisions/s",
+        best * 1e3,
+        best * 1e6 / 1000.0,
+        1000.0 / best
+    );
 }

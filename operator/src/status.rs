@@ -65,12 +65,7 @@ pub fn compute(p: &Pipeline, o: &Observed, now: &Time) -> PipelineStatus {
         .collect();
 
     let mut conditions = Vec::new();
-    if p.spec.source.http.is_some() {
-        // The http source is in the API but not yet in the fetcher: say so instead of crash-looping.
-        let msg = "spec.source.http is not supported by this natsflow version yet: use spec.source.generated".to_string();
-        conditions.push(cond("Ready", false, "UnsupportedSource", msg.clone()));
-        conditions.push(cond("Degraded", true, "UnsupportedSource", msg));
-    } else if let Some(first) = o.missing_secrets.first() {
+    if let Some(first) = o.missing_secrets.first() {
         let msg = match o.missing_secrets.len() {
             1 => format!("Secret {first} not found: create it in this namespace"),
             _ => format!(
@@ -257,17 +252,6 @@ mod tests {
         assert_eq!(d.status, "True");
         assert_eq!(d.reason, "SecretMissing");
         assert!(d.message.starts_with("Secret broadcaster-token not found"));
-    }
-
-    #[test]
-    fn the_http_source_is_reported_as_not_supported_yet() {
-        let p = pipeline("nats: {url: 'nats://n:4222'}\nimage: i\nsource: {http: {url: 'https://data.example/people.json'}}\n");
-        let s = compute(&p, &observed(10), &now());
-        let d = get(Some(&s), "Degraded").unwrap();
-        assert_eq!(
-            (d.status.as_str(), d.reason.as_str()),
-            ("True", "UnsupportedSource")
-        );
     }
 
     #[test]

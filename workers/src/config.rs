@@ -52,9 +52,13 @@ pub enum LogFormat {
 
 #[derive(Args, Clone, Debug)]
 pub struct FetcherArgs {
-    /// Where the objects come from: `generated` (deterministic people, app9's shape).
+    /// Where the objects come from: `generated` (deterministic people, app9's shape) or
+    /// `http` (a JSON array or NDJSON document at --source-url).
     #[arg(long, env = "NATSFLOW_SOURCE", value_enum, default_value_t = SourceKind::Generated)]
     pub source: SourceKind,
+    /// URL of the http source.
+    #[arg(long, env = "NATSFLOW_SOURCE_URL", required_if_eq("source", "http"))]
+    pub source_url: Option<String>,
     /// Number of generated objects.
     #[arg(long, env = "NATSFLOW_OBJECTS", default_value_t = 100_000)]
     pub objects: u64,
@@ -87,6 +91,7 @@ pub struct FetcherArgs {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
     Generated,
+    Http,
 }
 
 impl FetcherArgs {
@@ -95,12 +100,18 @@ impl FetcherArgs {
     }
 
     pub fn run_id(&self) -> String {
-        self.run_id.clone().unwrap_or_else(|| {
-            format!(
+        if let Some(id) = &self.run_id {
+            return id.clone();
+        }
+        match (self.source, &self.source_url) {
+            (SourceKind::Http, Some(url)) => {
+                format!("http-{:016x}-c{}", fnv1a(url.as_bytes()), self.chunk_size)
+            }
+            _ => format!(
                 "generated-s{}-o{}-c{}",
                 self.seed, self.objects, self.chunk_size
-            )
-        })
+            ),
+        }
     }
 }
 
@@ -197,6 +208,13 @@ pub enum TargetKind {
     Slack,
     Discord,
     Generic,
+}
+
+/// A stable 64-bit digest (FNV-1a), so a run id stays the same across builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.

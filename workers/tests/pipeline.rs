@@ -178,3 +178,73 @@ fn nats_server_restart_mid_run_still_completes() {
     assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
     assert!(run.saver.metric("natsflow_nats_reconnects_total") >= 1.0);
 }
+
+/// Serves `body` once per connection, in small pieces, as a slow API would.
+fn serve_slowly(body: String) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/people", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let mut s = s.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+            for piece in body.as_bytes().chunks(4096) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn http_source_json_array_and_ndjson_are_chunked_and_saved() {
+    let people: Vec<serde_json::Value> = (0..1050)
+        .map(|i| serde_json::json!({"uuid": format!("id-{i}"), "fn": "Person", "ln": format!("N{i}"), "friends": []}))
+        .collect();
+    let array = serde_json::to_string(&people).unwrap();
+    let ndjson: String = people.iter().map(|p| format!("{p}\n")).collect();
+    for (name, body) in [("http-array", array), ("http-ndjson", ndjson)] {
+        let run = start(name, 3, (0, 0));
+        let url = serve_slowly(body);
+        let summary_file = run.dir.join("summary.json");
+        let mut f = Proc::worker("fetcher", "fetcher", &run.nats, &run.dir)
+            .args(&[
+                "--source",
+                "http",
+                "--source-url",
+                &url,
+                "--exit-when-done",
+                "--summary-file",
+                summary_file.to_str().unwrap(),
+            ])
+            .start();
+        assert!(
+            f.wait(Duration::from_secs(60)).success(),
+            "{}",
+            f.log_text()
+        );
+        let s = summary(&run);
+        assert!(s.complete, "{s:?}");
+        assert_eq!((s.objects, s.chunks, s.duplicates), (1050, 11, 0), "{name}");
+        for i in 0..11u64 {
+            let saved: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(natsflow::saver::sink::chunk_path(&run.out, i)).unwrap(),
+            )
+            .unwrap();
+            let data = saved["data"].as_array().unwrap();
+            assert_eq!(
+                data.len(),
+                if i == 10 { 50 } else { 100 },
+                "{name} chunk #{i}"
+            );
+            let first = (i * 100) as usize;
+            assert_eq!(
+                data[0],
+                serde_json::json!({"id": format!("id-{first}"), "name": format!("Person N{first}")})
+            );
+        }
+    }
+}

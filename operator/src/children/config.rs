@@ -54,6 +54,16 @@ pub fn worker_env(p: &Pipeline) -> BTreeMap<String, String> {
     if let Some(h) = &s.source.http {
         set("NATSFLOW_SOURCE", "http".into());
         set("NATSFLOW_SOURCE_URL", h.url.clone());
+        let url_digest = hex(&Sha256::digest(h.url.as_bytes())[..4]);
+        set(
+            "NATSFLOW_RUN_ID",
+            format!(
+                "{}-{}-http{url_digest}-c{}",
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+                s.chunk_size
+            ),
+        );
     }
     set("NATSFLOW_CHUNK_SIZE", s.chunk_size.to_string());
     set("NATSFLOW_ACK_TIMEOUT", s.ack_timeout.clone());
@@ -192,6 +202,18 @@ mod tests {
         assert_eq!(env["NATSFLOW_TRANSFORM"], "fullname");
         assert_eq!(env["NATSFLOW_SINK"], "log");
         assert_eq!(env["NATSFLOW_RUN_ID"], "default-users-g1-o100000-c100");
+    }
+
+    #[test]
+    fn the_http_source_gets_its_url_and_a_run_id_of_its_own() {
+        let env = worker_env(&pipeline("nats: {url: 'nats://n:4222'}\nimage: i\nsource: {http: {url: 'https://data.example/people.json'}}\n"));
+        assert_eq!(env["NATSFLOW_SOURCE"], "http");
+        assert_eq!(
+            env["NATSFLOW_SOURCE_URL"],
+            "https://data.example/people.json"
+        );
+        assert!(env["NATSFLOW_RUN_ID"].starts_with("default-users-http"));
+        assert!(!env.contains_key("NATSFLOW_OBJECTS"));
     }
 
     #[test]

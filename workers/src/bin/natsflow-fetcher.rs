@@ -7,6 +7,8 @@ use prometheus_client::registry::Registry;
 async fn main() -> std::process::ExitCode {
     let cli = FetcherCli::parse();
     telemetry::init(cli.common.log_format);
+    // One TLS provider for the http source (ring, as NATS uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     worker::exit_status(run(cli).await)
 }
 

@@ -57,6 +57,20 @@ impl Leases {
         l
     }
 
+    /// Adds a chunk at the end (a streaming source); `done` when an earlier run saved it.
+    pub fn push(&mut self, done: bool) -> u64 {
+        let i = self.state.len() as u64;
+        self.attempts.push(0);
+        if done {
+            self.state.push(State::Done);
+            self.done += 1;
+        } else {
+            self.state.push(State::Pending);
+            self.pending.push_back(i);
+        }
+        i
+    }
+
     /// Leases the next chunk to send and returns its index and attempt number (1 = first send).
     pub fn next_to_send(&mut self, now: Instant) -> Option<(u64, u32)> {
         while let Some(i) = self.pending.pop_front() {
@@ -207,6 +221,17 @@ mod tests {
         // the first deadline is gone; the second (t+60) has not passed
         assert_eq!(l.expire(t + Duration::from_secs(45)), 0);
         assert_eq!(l.in_flight(), 1);
+    }
+
+    #[test]
+    fn chunks_can_be_added_while_streaming() {
+        let (mut l, t) = leases(0);
+        assert!(l.is_complete());
+        assert_eq!(l.push(false), 0);
+        assert_eq!(l.push(true), 1);
+        assert_eq!((l.total(), l.done()), (2, 1));
+        assert_eq!(l.next_to_send(t), Some((0, 1)));
+        assert_eq!(l.next_to_send(t), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The fetcher: splits the data set into chunks, hands out one chunk per mapper readiness
 //! signal, and keeps a lease per chunk until the saver acknowledges it on `processed_data`.
 
+pub mod http;
 pub mod leases;
 pub mod progress;
 pub mod source;
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::FetcherArgs,
+    config::{FetcherArgs, SourceKind},
     protocol::{self, ANYONE_LISTENING, HDR_ATTEMPT, HDR_RUN, IM_LISTENING},
     worker::Worker,
 };
@@ -46,13 +47,25 @@ const STALL: Duration = Duration::from_secs(1);
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
-    let source = source::Generated {
+    let generated = source::Generated {
         seed: args.seed,
         objects: args.objects,
         chunk_size: args.chunk_size,
     };
+    // The http source streams its chunks in; the generated one knows them all up front.
+    let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel(64);
+    let mut downloaded: Vec<bytes::Bytes> = Vec::new();
+    let mut source_ended = true;
+    let total = match (args.source, &args.source_url) {
+        (SourceKind::Http, Some(url)) => {
+            source_ended = false;
+            tokio::spawn(http::download(url.clone(), args.chunk_size, pieces_tx));
+            0
+        }
+        _ => generated.chunks(),
+    };
+    let objects = if source_ended { args.objects } else { 0 };
     let run_id = args.run_id();
-    let total = source.chunks();
     let store = if args.no_resume {
         None
     } else {
@@ -89,8 +102,8 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
 
     let mut s = Summary {
         run_id: run_id.clone(),
-        complete: leases.is_complete(),
-        objects: args.objects,
+        complete: source_ended && leases.is_complete(),
+        objects,
         chunks: total,
         chunks_done: resumed,
         chunks_resumed: resumed,
@@ -115,6 +128,26 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     loop {
         let now = tokio::select! {
             _ = w.shutdown.wait() => break,
+            Some(piece) = pieces.recv(), if !source_ended => {
+                match piece {
+                    http::Piece::Chunk(chunk) => {
+                        let i = leases.push(saved.as_ref().is_some_and(|b| progress::bit(b, downloaded.len() as u64)));
+                        downloaded.push(chunk);
+                        w.metrics.chunks_total.set(downloaded.len() as i64);
+                        if leases.is_done(i) {
+                            w.metrics.chunks_done.inc();
+                        }
+                    }
+                    http::Piece::End(n) => {
+                        source_ended = true;
+                        s.objects = n;
+                        s.chunks = leases.total();
+                        tracing::info!("source read: {n} objects in {} chunks", leases.total());
+                    }
+                    http::Piece::Failed(e) => anyhow::bail!(e),
+                }
+                Instant::now()
+            }
             Some(msg) = status.next() => {
                 if msg.payload.as_ref() == IM_LISTENING {
                     credits += 1;
@@ -159,7 +192,10 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                 .publish_with_headers(
                     w.subjects.mapper_data.clone(),
                     headers,
-                    source.chunk(index).into(),
+                    match downloaded.get(index as usize) {
+                        Some(chunk) => chunk.clone(),
+                        None => generated.chunk(index).into(),
+                    },
                 )
                 .await?;
             started.get_or_insert(now);
@@ -200,7 +236,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
             dirty = false;
             last_save = Instant::now();
         }
-        if leases.is_complete() && finished_at.is_none() {
+        if source_ended && leases.is_complete() && finished_at.is_none() {
             finished_at = Some(Instant::now());
             fill_rates(&mut s, started, finished_at, args.chunk_size);
             s.complete = true;
