@@ -32,16 +32,23 @@ pub struct Nats {
     pub port: u16,
     /// The server's HTTP monitoring port (/varz).
     pub monitor_port: u16,
+    extra: Vec<String>,
     dir: PathBuf,
 }
 
 impl Nats {
     pub fn start(name: &str) -> Nats {
+        Nats::start_with(name, &[])
+    }
+
+    /// With extra nats-server flags, e.g. `["--auth", "token"]`.
+    pub fn start_with(name: &str, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: nats_server::free_port().unwrap(),
             monitor_port: nats_server::free_port().unwrap(),
             dir: temp_dir(name),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.launch();
         n
@@ -65,6 +72,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.dir.join("js"))
+            .args(&self.extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
