@@ -271,6 +271,18 @@ pub struct BroadcasterSpec {
     pub subject: String,
     /// Where events go: exactly one of telegram, slack, discord or generic.
     pub target: BroadcastTarget,
+    /// `core`: a NATS queue group (an event is lost if no broadcaster runs, never sent twice);
+    /// `jetstream`: a stream and a claim per event (kept while all broadcasters are down).
+    #[serde(default)]
+    pub mode: BroadcastMode,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BroadcastMode {
+    #[default]
+    Core,
+    Jetstream,
 }
 
 fn default_broadcasters() -> i32 {

@@ -200,6 +200,22 @@ pub struct BroadcasterArgs {
     /// Longest time spent on one message, waits included.
     #[arg(long, env = "NATSFLOW_RETRY_BUDGET", default_value = "60s", value_parser = parse_duration)]
     pub retry_budget: Duration,
+    /// `core`: a queue group, an event held by a killed replica is lost; `jetstream`: a
+    /// stream and a claim per event, nothing lost while broadcasters are down, never twice.
+    #[arg(long, env = "NATSFLOW_BROADCAST_MODE", value_enum, default_value_t = BroadcastMode::Core)]
+    pub mode: BroadcastMode,
+    /// JetStream mode: the stream holding the events (created if missing).
+    #[arg(long, env = "NATSFLOW_STREAM", default_value = "TODO_EVENTS")]
+    pub stream: String,
+    /// JetStream mode: an event not acknowledged by then is delivered again.
+    #[arg(long, env = "NATSFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BroadcastMode {
+    Core,
+    Jetstream,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +227,7 @@ pub enum TargetKind {
 }
 
 /// A stable 64-bit digest (FNV-1a), so a run id stays the same across builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })

@@ -97,6 +97,14 @@ pub fn worker_env(p: &Pipeline) -> BTreeMap<String, String> {
     // broadcaster
     if let Some(b) = &s.broadcaster {
         set("NATSFLOW_EVENT_SUBJECT", b.subject.clone());
+        set(
+            "NATSFLOW_BROADCAST_MODE",
+            match b.mode {
+                crate::crd::BroadcastMode::Core => "core",
+                crate::crd::BroadcastMode::Jetstream => "jetstream",
+            }
+            .into(),
+        );
         let t = &b.target;
         let kind = if let Some(tg) = &t.telegram {
             set("NATSFLOW_TELEGRAM_CHAT_ID", tg.chat_id.clone());
@@ -141,7 +149,9 @@ fn reader(key: &str) -> Option<Component> {
             Some(Component::Mapper)
         }
         "SINK" | "SINK_DIR" => Some(Component::Saver),
-        "EVENT_SUBJECT" | "TARGET" | "TELEGRAM_CHAT_ID" => Some(Component::Broadcaster),
+        "EVENT_SUBJECT" | "TARGET" | "TELEGRAM_CHAT_ID" | "BROADCAST_MODE" => {
+            Some(Component::Broadcaster)
+        }
         _ => None,
     }
 }
