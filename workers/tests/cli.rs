@@ -160,6 +160,7 @@ fn bench_prints_every_case_against_the_floor() {
         "(b) natsflow, 10 mapper",
         "(c) natsflow, 10 mappers, work 0-200 ms",
         "(d) peak memory (max RSS): fetcher",
+        "(e) broadcaster, 6 replicas",
     ] {
         assert!(stdout.contains(case), "missing {case}:\n{stdout}");
     }

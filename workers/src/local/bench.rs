@@ -4,7 +4,8 @@
 //!     way) to an echoing responder, 10 in flight;
 //! (b) natsflow end to end, as `natsflow run` runs it, with 1, 4 and 10 mappers;
 //! (c) 10 mappers with simulated work drawn from 0-200 ms against the ideal 1000 × 100 ms / 10;
-//! (d) peak memory of each process kind.
+//! (d) peak memory of each process kind;
+//! (e) broadcaster delivery: 1,000 events through 6 broadcaster processes to a local webhook.
 //! Each figure is the median of `--runs` runs.
 
 use std::time::{Duration, Instant};
@@ -121,6 +122,10 @@ async fn cases(args: &BenchArgs, url: &str) -> anyhow::Result<String> {
             100.0 * (t / ideal - 1.0)
         );
     }
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        rates.push(broadcast(url, 6, 1000).await?);
+    }
     let mib = |k: &str| {
         peak.get(k).map_or("-".to_string(), |v| {
             format!("{:.1} MiB", *v as f64 / 1024.0)
@@ -131,6 +136,10 @@ async fn cases(args: &BenchArgs, url: &str) -> anyhow::Result<String> {
         mib("fetcher"),
         mib("mapper"),
         mib("saver")
+    );
+    out += &format!(
+        "(e) broadcaster, 6 replicas, 1000 events to a local webhook: {:.0} events/s\n",
+        median(rates)
     );
     Ok(out)
 }
@@ -204,4 +213,77 @@ async fn raw_request_reply(url: &str, source: &Generated) -> anyhow::Result<f64>
         r?;
     }
     Ok(secs)
+}
+
+/// Events per second from the first publish to the last request at a local webhook.
+async fn broadcast(url: &str, replicas: usize, events: usize) -> anyhow::Result<f64> {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (c, d) = (c.clone(), d.clone());
+        async move {
+            if c.fetch_add(1, Ordering::SeqCst) + 1 >= events {
+                d.notify_one();
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let bin = run::Binaries::next_to_this_exe()?.broadcaster;
+    let dir = std::env::temp_dir().join(format!("natsflow-bench-bc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let subject = format!("bench.events.{}", fastrand::u32(..));
+    let mut procs: Vec<super::procs::Proc> = (0..replicas)
+        .map(|i| {
+            super::procs::Proc::new(&format!("broadcaster-{i}"), &bin, &dir)
+                .env("NATS_URL", url)
+                .env("NATSFLOW_METRICS_ADDR", "127.0.0.1:0")
+                .env("NATSFLOW_EVENT_SUBJECT", &subject)
+                .env("NATSFLOW_TARGET", "generic")
+                .env("NATSFLOW_TARGET_SECRET", &hook)
+        })
+        .collect();
+    for p in &mut procs {
+        p.start()?;
+    }
+    let client = async_nats::connect(url).await?;
+    // Until every replica has joined the queue group.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log: String = procs
+            .iter()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .collect();
+        if log.matches("broadcaster ready").count() >= replicas || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    for n in 0..events {
+        let e =
+            format!(r#"{{"id":"b{n}","event":"created","todo":{{"id":{n},"text":"todo {n}"}}}}"#);
+        client.publish(subject.clone(), e.into()).await?;
+    }
+    client.flush().await?;
+    let finished = tokio::time::timeout(Duration::from_secs(30), done.notified()).await;
+    let secs = started.elapsed().as_secs_f64();
+    super::procs::stop_all(&mut procs, Duration::from_secs(5)).await;
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(
+        finished.is_ok(),
+        "only {} of {events} events reached the webhook",
+        count.load(Ordering::SeqCst)
+    );
+    Ok(events as f64 / secs)
 }
