@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.saver.sink != 'file' || self.saverReplicas <= 1 || has(self.saver.volumeClaimName)").message("spec.saver.volumeClaimName: required for the file sink with more than one saver, so every saver sees every saved chunk"))]
 pub struct PipelineSpec {
     /// How the workers reach NATS.
     pub nats: NatsSpec,
@@ -72,7 +73,7 @@ pub struct PipelineSpec {
     pub source: Source,
     /// Objects per chunk.
     #[serde(default = "default_chunk_size")]
-    #[schemars(range(min = 1, max = 100000))]
+    #[schemars(range(min = 1, max = 1000))]
     pub chunk_size: u32,
     /// Mapper replicas. `kubectl scale pipeline/NAME --replicas=N` sets this field.
     #[serde(default = "one")]
@@ -90,7 +91,7 @@ pub struct PipelineSpec {
     pub saver: SaverSpec,
     /// A chunk not acknowledged by then is sent again, e.g. 30s, 500ms, 2m.
     #[serde(default = "default_ack_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(ms|s|m|h)$"))]
     pub ack_timeout: String,
     /// Forward application events (e.g. "a todo was created") to a chat service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,8 +242,9 @@ pub struct SaverSpec {
     /// `log` writes a line per chunk; `file` writes one JSON file per chunk under `path`.
     #[serde(default)]
     pub sink: Sink,
-    /// Directory of the file sink.
+    /// Directory of the file sink (absolute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"))]
     pub path: Option<String>,
     /// PersistentVolumeClaim mounted at `path` for the file sink; default: an emptyDir.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -109,6 +109,17 @@ pub fn error_policy(p: Arc<Pipeline>, err: &Error, ctx: Arc<Context>) -> Action 
         *n += 1;
         *n
     };
+    // Tell the user too, once per failure streak, not only the operator's log.
+    if n == 1 {
+        let (ctx, p, note) = (
+            ctx.clone(),
+            p.clone(),
+            format!("{err}; retrying with backoff"),
+        );
+        tokio::spawn(async move {
+            publish(&ctx, &p, EventType::Warning, "ReconcileFailed", &note).await
+        });
+    }
     let delay = Duration::from_secs(5 * 2u64.pow((n - 1).min(6))).min(IDLE);
     tracing::warn!(
         "pipeline {}: {err}; retrying in {}s",
@@ -172,7 +183,14 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
             .as_ref()
             .map(|o| serde_json::to_value(o).expect("object serializes"));
         let current = match observed_json {
-            Some(o) if children::contains(&o, &child.object) => o,
+            // A ConfigMap must not keep keys the spec dropped: its data is compared whole.
+            Some(o)
+                if children::contains(&o, &child.object)
+                    && (child.resource.kind != "ConfigMap"
+                        || o["data"] == child.object["data"]) =>
+            {
+                o
+            }
             before => {
                 let pp = PatchParams::apply(MANAGER).force();
                 let after = api
@@ -275,8 +293,8 @@ async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
         publish(ctx, p, EventType::Warning, "ServiceMonitorCRDMissing", msg).await;
     }
 
-    let busy =
-        observed.workers.iter().any(|w| w.ready < w.wanted) || progress.is_none_or(|(d, t)| d < t);
+    let busy = observed.workers.iter().any(|w| w.ready < w.wanted)
+        || progress.is_none_or(|(d, t)| t == 0 || d < t);
     if before != Some(&status) {
         let api: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
         let patch =

@@ -104,7 +104,13 @@ pub fn compute(p: &Pipeline, o: &Observed, now: &Time) -> PipelineStatus {
         ));
     }
     conditions.push(match o.progress {
-        Some((done, total)) if done >= total => cond(
+        Some((done, 0)) if done > 0 => cond(
+            "Progressing",
+            true,
+            "Processing",
+            format!("{done} chunks saved; the source is still being read"),
+        ),
+        Some((done, total)) if total > 0 && done >= total => cond(
             "Progressing",
             false,
             "Complete",
@@ -143,7 +149,13 @@ pub fn compute(p: &Pipeline, o: &Observed, now: &Time) -> PipelineStatus {
         mapper_replicas: o.mapper_replicas,
         ready_mappers: mappers.map_or(0, |m| m.ready),
         mapper_selector: children::mapper_selector(p),
-        progress: o.progress.map(|(d, t)| format!("{d}/{t}")),
+        progress: o.progress.map(|(d, t)| {
+            if t == 0 && d > 0 {
+                format!("{d}/?")
+            } else {
+                format!("{d}/{t}")
+            }
+        }),
         chunks_done: o.progress.map(|(d, _)| d),
         chunks_total: o.progress.map(|(_, t)| t),
     }
@@ -252,6 +264,19 @@ mod tests {
         assert_eq!(d.status, "True");
         assert_eq!(d.reason, "SecretMissing");
         assert!(d.message.starts_with("Secret broadcaster-token not found"));
+    }
+
+    #[test]
+    fn a_streaming_source_is_not_complete_before_its_total_is_known() {
+        let mut o = observed(10);
+        o.progress = Some((412, 0));
+        let s = compute(&pipeline(MINIMAL), &o, &now());
+        let p = get(Some(&s), "Progressing").unwrap();
+        assert_eq!(
+            (p.status.as_str(), p.message.as_str()),
+            ("True", "412 chunks saved; the source is still being read")
+        );
+        assert_eq!(s.progress.as_deref(), Some("412/?"));
     }
 
     #[test]

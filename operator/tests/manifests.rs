@@ -152,3 +152,13 @@ fn unknown_fields_are_caught() {
     });
     assert!(r.is_err());
 }
+
+#[test]
+fn a_file_sink_shared_by_savers_needs_a_volume_claim() {
+    let e = cel_error(
+        "  nats: {url: 'nats://n:4222'}\n  image: i\n  saverReplicas: 2\n  saver: {sink: file}\n",
+    );
+    assert!(e.contains("spec.saver.volumeClaimName"), "{e}");
+    let ok = parse(&format!("{BASE}spec:\n  nats: {{url: 'nats://n:4222'}}\n  image: i\n  saverReplicas: 2\n  saver: {{sink: file, volumeClaimName: data}}\n"));
+    kube::core::cel::validate_cel(&ok).unwrap();
+}

@@ -265,6 +265,8 @@ async fn removing_the_broadcaster_deletes_its_deployment() {
     assert_eq!(
         writes,
         vec![
+            // The broadcaster's keys leave the config; no other worker rolls.
+            format!("PATCH {CM}"),
             format!("DELETE {DEPLOY}broadcaster"),
             EVENT.into(),
             STATUS.into()
@@ -404,4 +406,25 @@ fn desired_children_match_what_is_applied() {
         .iter()
         .all(|c| c.object["metadata"]["name"] == c.name.as_str()));
     assert_eq!(p.name_any(), "users");
+}
+
+#[tokio::test]
+async fn a_config_key_the_spec_drops_is_removed() {
+    let world = Arc::new(Mutex::new(World::default()));
+    world.lock().unwrap().objects.insert(
+        "/api/v1/namespaces/default/secrets/nats-creds".into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nats-creds", "namespace": "default", "resourceVersion": "3"}}),
+    );
+    let p = pipeline("nats: {url: 'nats://n:4222', credentialsSecretRef: {name: nats-creds, key: user.creds}}\nimage: i\n");
+    reconcile_once(&p, &world).await;
+    assert!(world.lock().unwrap().objects[CM]["data"]
+        .get("NATSFLOW_NATS_CREDS_FILE")
+        .is_some());
+    let mut plain = current(&p, &world);
+    plain.spec.nats.credentials_secret_ref = None;
+    let requests = reconcile_once(&plain, &world).await;
+    assert!(requests.contains(&format!("PATCH {CM}")), "{requests:?}");
+    assert!(world.lock().unwrap().objects[CM]["data"]
+        .get("NATSFLOW_NATS_CREDS_FILE")
+        .is_none());
 }

@@ -66,7 +66,7 @@ pub struct FetcherArgs {
     #[arg(long, env = "NATSFLOW_SEED", default_value_t = 1)]
     pub seed: u64,
     /// Objects per chunk.
-    #[arg(long, env = "NATSFLOW_CHUNK_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "NATSFLOW_CHUNK_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub chunk_size: u64,
     /// A chunk not acknowledged by then is sent again (e.g. 30s, 500ms, 2m).
     #[arg(long, env = "NATSFLOW_ACK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -208,7 +208,7 @@ pub struct BroadcasterArgs {
     #[arg(long, env = "NATSFLOW_STREAM", default_value = "TODO_EVENTS")]
     pub stream: String,
     /// JetStream mode: an event not acknowledged by then is delivered again.
-    #[arg(long, env = "NATSFLOW_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "NATSFLOW_ACK_WAIT", default_value = "90s", value_parser = parse_duration)]
     pub ack_wait: Duration,
 }
 
@@ -250,7 +250,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "`{s}`: use a duration above zero, like 500ms, 30s or 2m"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +269,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("above zero"));
+        assert!(parse_duration("1e400").is_err());
         assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
     }
 }

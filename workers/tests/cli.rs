@@ -169,3 +169,20 @@ fn bench_prints_every_case_against_the_floor() {
         "every kind's memory was measured:\n{stdout}"
     );
 }
+
+#[test]
+fn an_out_directory_with_earlier_chunks_is_refused() {
+    let out = temp_dir("cli-used-out");
+    std::fs::write(out.join("chunk-000000.json"), "{}").unwrap();
+    let o = natsflow()
+        .args(["run", "--objects", "100", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("already holds chunks of an earlier run"),
+        "{stderr}"
+    );
+}

@@ -95,14 +95,14 @@ async fn once(http: &reqwest::Client, target: &Target, body: &serde_json::Value)
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(Duration::from_secs_f64);
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
     let text = resp.text().await.unwrap_or_default();
     if status == StatusCode::TOO_MANY_REQUESTS {
         // Telegram: {"ok": false, "parameters": {"retry_after": 3}}
         let telegram = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v["parameters"]["retry_after"].as_f64())
-            .map(Duration::from_secs_f64);
+            .and_then(|s| Duration::try_from_secs_f64(s).ok());
         let after = retry_after.or(telegram).unwrap_or(Duration::from_secs(1));
         return Attempt::Retry {
             after,

@@ -133,7 +133,6 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                     http::Piece::Chunk(chunk) => {
                         let i = leases.push(saved.as_ref().is_some_and(|b| progress::bit(b, downloaded.len() as u64)));
                         downloaded.push(chunk);
-                        w.metrics.chunks_total.set(downloaded.len() as i64);
                         if leases.is_done(i) {
                             w.metrics.chunks_done.inc();
                         }
@@ -142,6 +141,8 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                         source_ended = true;
                         s.objects = n;
                         s.chunks = leases.total();
+                        // Known only now: until then the operator shows the total as unknown.
+                        w.metrics.chunks_total.set(leases.total() as i64);
                         tracing::info!("source read: {n} objects in {} chunks", leases.total());
                     }
                     http::Piece::Failed(e) => anyhow::bail!(e),
@@ -165,7 +166,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                         s.duplicates += 1;
                         w.metrics.duplicates_dropped.inc();
                     }
-                    Some((i, Ack::Unknown)) => tracing::warn!("ignored ack for chunk #{i}: this run has {total} chunks"),
+                    Some((i, Ack::Unknown)) => tracing::warn!("ignored ack for chunk #{i}: this run has {} chunks", leases.total()),
                     None => tracing::warn!(payload = %String::from_utf8_lossy(&msg.payload), "ignored ack: not a chunk index"),
                 }
                 Instant::now()
@@ -188,16 +189,24 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
             let mut headers = HeaderMap::new();
             headers.insert(HDR_RUN, run_id.as_str());
             headers.insert(HDR_ATTEMPT, attempt.to_string().as_str());
+            let payload: bytes::Bytes = match downloaded.get(index as usize) {
+                Some(chunk) => chunk.clone(),
+                None => generated.chunk(index).into(),
+            };
             w.client
                 .publish_with_headers(
                     w.subjects.mapper_data.clone(),
                     headers,
-                    match downloaded.get(index as usize) {
-                        Some(chunk) => chunk.clone(),
-                        None => generated.chunk(index).into(),
-                    },
+                    payload.clone(),
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot send chunk #{index} ({} bytes; the server takes at most {}): {e}; lower the chunk size if it is too big",
+                        payload.len(),
+                        w.client.server_info().max_payload
+                    )
+                })?;
             started.get_or_insert(now);
             s.sends += 1;
             w.metrics.chunks_sent.inc();
@@ -230,7 +239,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         if dirty && (leases.is_complete() || last_save.elapsed() >= SAVE_EVERY) {
             if let Some(store) = &store {
                 store
-                    .save(progress::to_bits(total, |i| leases.is_done(i)))
+                    .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
                     .await;
             }
             dirty = false;
@@ -257,7 +266,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     if dirty {
         if let Some(store) = &store {
             store
-                .save(progress::to_bits(total, |i| leases.is_done(i)))
+                .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
                 .await;
         }
     }

@@ -76,13 +76,14 @@ impl Generated {
         let start = index * self.chunk_size;
         let end = (start + self.chunk_size).min(self.objects);
         let mut people: Vec<Person> = (start..end).map(|i| self.person(i)).collect();
-        // As app9's mock API: friendships inside the chunk, both ways, 3 in 50 pairs.
+        // As app9's mock API: friendships inside the chunk, both ways, 3 in 50 pairs for its
+        // chunks of 100; bigger chunks keep the same ~12 friends a person.
         let mut rng = fastrand::Rng::with_seed(mix(self.seed, index) ^ 2);
         let n = people.len();
         let mut friends = vec![Vec::new(); n];
         for p in 0..n {
             for f in 0..n {
-                if rng.u32(..50) <= 2 && p != f {
+                if rng.u64(..n.max(100) as u64 * 50) < 300 && p != f {
                     friends[p].push(f);
                     friends[f].push(p);
                 }

@@ -31,7 +31,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100_000)]
     pub objects: u64,
     /// Objects per chunk.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub chunk_size: u64,
     /// Seed of the generated data set.
     #[arg(long, default_value_t = 1)]
@@ -160,6 +160,19 @@ impl Session {
 
     async fn run(&mut self, args: &RunArgs, wall: Instant) -> anyhow::Result<Outcome> {
         let bins = Binaries::next_to_this_exe()?;
+        if let Some(out) = &args.out {
+            // The saver keeps chunks already there and would report them saved.
+            let used = std::fs::read_dir(out)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("chunk-"));
+            anyhow::ensure!(
+                !used,
+                "{} already holds chunks of an earlier run: choose an empty directory for --out",
+                out.display()
+            );
+        }
         let url = match &args.nats_url {
             Some(u) => u.clone(),
             None => {

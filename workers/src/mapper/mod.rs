@@ -78,8 +78,9 @@ pub async fn run(w: Worker, args: MapperArgs) -> anyhow::Result<()> {
             tokio::spawn(slot.run(shutdown))
         })
         .collect();
-    for t in tasks {
-        t.await??;
+    // The first slot that fails ends the mapper, so it restarts instead of idling.
+    for r in futures::future::try_join_all(tasks).await? {
+        r?;
     }
     w.client.flush().await?;
     tracing::info!("mapper stopped");
