@@ -148,10 +148,13 @@ fn killed_mapper_saver_and_fetcher_lose_nothing() {
     let s = summary(&run);
     println!("after the faults: {s:?}");
     assert!(s.complete);
+    // Progress is saved every 500 ms, so a SIGKILL loses at most that much of it; starting
+    // over would resume nothing and send all 1000 chunks again.
     assert!(
-        s.chunks_resumed >= 500,
-        "the restarted fetcher resumed ({} chunks)",
-        s.chunks_resumed
+        s.chunks_resumed >= 100 && s.sends < 1000,
+        "the restarted fetcher resumed ({} chunks, {} sends)",
+        s.chunks_resumed,
+        s.sends
     );
     assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
 }
