@@ -23,11 +23,7 @@ struct Progress {
 
 /// `None` while no fetcher pod runs or it does not answer within a second.
 pub async fn read(pods: &Api<Pod>, p: &Pipeline) -> Result<Option<(u64, u64)>, kube::Error> {
-    let selector = children::selector(p, Component::Fetcher)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = children::selector_string(p, Component::Fetcher);
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
     let ip = list.items.iter().find_map(|pod| {
         let s = pod.status.as_ref()?;

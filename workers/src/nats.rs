@@ -71,14 +71,18 @@ pub fn backoff(attempt: usize) -> Duration {
 }
 
 /// Sets a message aside on the dead-letter subject with why and where it came from.
+/// Logs and counts it too, so every worker reports bad input the same way.
 pub async fn dead_letter(
     client: &async_nats::Client,
     subjects: &Subjects,
     id: &str,
+    metrics: &Metrics,
     subject: &str,
     reason: &str,
     payload: bytes::Bytes,
 ) -> anyhow::Result<()> {
+    tracing::warn!("dead-lettered a message on {subject}: {reason}");
+    metrics.dead_letters.inc();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HDR_WORKER, id);
     headers.insert(HDR_SUBJECT, subject);

@@ -66,7 +66,12 @@ pub fn selector(p: &Pipeline, c: Component) -> BTreeMap<String, String> {
 
 /// The mapper selector as a string, for the scale subresource.
 pub fn mapper_selector(p: &Pipeline) -> String {
-    selector(p, Component::Mapper)
+    selector_string(p, Component::Mapper)
+}
+
+/// A component's selector as `k=v,k=v`, as label selectors and the scale subresource take it.
+pub fn selector_string(p: &Pipeline, c: Component) -> String {
+    selector(p, c)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()

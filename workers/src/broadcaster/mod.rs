@@ -141,12 +141,11 @@ impl Sender<'_> {
         let ev = match event::parse(&msg.payload) {
             Ok(ev) => ev,
             Err(reason) => {
-                tracing::warn!("dead-lettered a message on {}: {reason}", msg.subject);
-                m.dead_letters.inc();
                 dead_letter(
                     &w.client,
                     &w.subjects,
                     &w.id,
+                    m,
                     &msg.subject,
                     &reason,
                     msg.payload,

@@ -127,7 +127,6 @@ impl Slot {
         let chunk = match protocol::parse_raw_chunk(&msg.payload) {
             Ok(c) => c,
             Err(reason) => {
-                tracing::warn!("dead-lettered a message on {}: {reason}", msg.subject);
                 self.dead_letter(&msg.subject, &reason, msg.payload.clone())
                     .await?;
                 return Ok(());
@@ -136,7 +135,6 @@ impl Slot {
         let mapped = transform::map_chunk(&self.transform, &chunk);
         for r in &mapped.rejected {
             let reason = format!("chunk #{} object {}: {}", chunk.index, r.position, r.reason);
-            tracing::warn!("dead-lettered an object: {reason}");
             self.dead_letter(&msg.subject, &reason, r.object.clone().into())
                 .await?;
         }
@@ -178,11 +176,11 @@ impl Slot {
         reason: &str,
         payload: bytes::Bytes,
     ) -> anyhow::Result<()> {
-        self.metrics.dead_letters.inc();
         crate::nats::dead_letter(
             &self.client,
             &self.subjects,
             &self.id,
+            &self.metrics,
             subject,
             reason,
             payload,

@@ -54,12 +54,11 @@ async fn save(w: &Worker, sink: &Sink, msg: Message) -> anyhow::Result<()> {
     let (index, objects) = match protocol::parse_raw_chunk(&msg.payload) {
         Ok(c) => (c.index, c.data.len()),
         Err(reason) => {
-            tracing::warn!("dead-lettered a message on {}: {reason}", msg.subject);
-            w.metrics.dead_letters.inc();
             return dead_letter(
                 &w.client,
                 &w.subjects,
                 &w.id,
+                &w.metrics,
                 &msg.subject,
                 &reason,
                 msg.payload,
