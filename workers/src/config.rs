@@ -129,7 +129,8 @@ pub struct MapperArgs {
     /// Least simulated work per chunk, in milliseconds.
     #[arg(long, env = "NATSFLOW_WORK_MS_MIN", default_value_t = 0)]
     pub work_ms_min: u64,
-    /// Most simulated work per chunk, in milliseconds (app9: 10000).
+    /// Most simulated work per chunk, in milliseconds (app9: 10000). Each chunk's work is
+    /// drawn from the range by its index, so runs repeat.
     #[arg(long, env = "NATSFLOW_WORK_MS_MAX", default_value_t = 0)]
     pub work_ms_max: u64,
 }

@@ -253,3 +253,48 @@ fn an_invalid_jq_expression_stops_the_mapper_with_the_reason() {
         mapper.log_text()
     );
 }
+
+/// Counts `im_listening` until the line is quiet for 500 ms.
+async fn count_listening(status: &mut async_nats::Subscriber) -> usize {
+    let mut n = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), status.next()).await {
+        n += usize::from(m.payload.as_ref() == b"im_listening");
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapper_answers_anyone_listening_once_per_free_slot() {
+    let nats = Nats::start("free-slots");
+    let dir = temp_dir("free-slots");
+    let c = nats.client().await;
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    c.flush().await.unwrap();
+    let _mapper = Proc::worker("mapper", "mapper", &nats, &dir)
+        .env("NATSFLOW_CONCURRENCY", "2")
+        .env("NATSFLOW_WORK_MS_MIN", "3000")
+        .env("NATSFLOW_WORK_MS_MAX", "3000")
+        .start();
+    assert_eq!(
+        count_listening(&mut status).await,
+        2,
+        "one per slot at start"
+    );
+    c.publish("mapper_status", "anyone_listening".into())
+        .await
+        .unwrap();
+    assert_eq!(count_listening(&mut status).await, 2, "both slots free");
+
+    c.publish("mapper_data", app9_people(1).to_string().into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.publish("mapper_status", "anyone_listening".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        count_listening(&mut status).await,
+        1,
+        "the busy slot must not say it is listening"
+    );
+}

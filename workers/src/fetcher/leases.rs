@@ -88,6 +88,14 @@ impl Leases {
         None
     }
 
+    /// The chunk `next_to_send` would lease, without leasing it.
+    pub fn peek_next(&self) -> Option<u64> {
+        self.pending
+            .iter()
+            .copied()
+            .find(|&i| self.state[i as usize] == State::Pending)
+    }
+
     /// Returns chunks whose lease ran out to the front of the queue; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut expired = Vec::new();

@@ -64,7 +64,8 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         }
         _ => generated.chunks(),
     };
-    let objects = if source_ended { args.objects } else { 0 };
+    let generating = source_ended;
+    let objects = if generating { args.objects } else { 0 };
     let run_id = args.run_id();
     let store = if args.no_resume {
         None
@@ -115,6 +116,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         peak_rss_kib: None,
     };
     let mut credits: u64 = 0;
+    let mut prepared: Option<(u64, bytes::Bytes)> = None;
     let mut started: Option<Instant> = None;
     let mut last_ready = Instant::now();
     let mut last_ask = Instant::now();
@@ -189,9 +191,10 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
             let mut headers = HeaderMap::new();
             headers.insert(HDR_RUN, run_id.as_str());
             headers.insert(HDR_ATTEMPT, attempt.to_string().as_str());
-            let payload: bytes::Bytes = match downloaded.get(index as usize) {
-                Some(chunk) => chunk.clone(),
-                None => generated.chunk(index).into(),
+            let payload: bytes::Bytes = match (downloaded.get(index as usize), prepared.take()) {
+                (Some(chunk), _) => chunk.clone(),
+                (None, Some((i, chunk))) if i == index => chunk,
+                _ => generated.chunk(index).into(),
             };
             w.client
                 .publish_with_headers(
@@ -217,6 +220,15 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                     "re-sent chunk #{index} (attempt {attempt}): not acknowledged within {:?}",
                     args.ack_timeout
                 );
+            }
+        }
+
+        // Make the next chunk now, while no mapper waits for it.
+        if generating {
+            if let Some(next) = leases.peek_next() {
+                if prepared.as_ref().is_none_or(|(i, _)| *i != next) {
+                    prepared = Some((next, generated.chunk(next).into()));
+                }
             }
         }
 

@@ -3,7 +3,8 @@
 //! (a) the raw floor: async-nats request/reply moving the same 1000 chunks (generated the same
 //!     way) to an echoing responder, 10 in flight;
 //! (b) natsflow end to end, as `natsflow run` runs it, with 1, 4 and 10 mappers;
-//! (c) 10 mappers with simulated work drawn from 0-200 ms against the ideal 1000 × 100 ms / 10;
+//! (c) 10 mappers with simulated work drawn from 0-200 ms per chunk against the ideal
+//!     1000 × mean / 10, the mean of the work actually drawn (it is drawn by chunk index);
 //! (d) peak memory of each process kind;
 //! (e) broadcaster delivery: 1,000 events through 6 broadcaster processes to a local webhook.
 //! Each figure is the median of `--runs` runs.
@@ -101,8 +102,11 @@ async fn cases(args: &BenchArgs, url: &str) -> anyhow::Result<String> {
     }
 
     if !args.skip_work {
-        let chunks = source.chunks() as f64;
-        let ideal = chunks * 0.100 / 10.0;
+        // Each chunk's work is drawn by its index, so the ideal is known exactly.
+        let work: f64 = (0..source.chunks())
+            .map(|i| crate::mapper::simulated_work(i, 0, 200).as_secs_f64())
+            .sum();
+        let (chunks, ideal) = (source.chunks(), work / 10.0);
         let mut times = Vec::new();
         for _ in 0..args.runs {
             times.push(
@@ -114,11 +118,11 @@ async fn cases(args: &BenchArgs, url: &str) -> anyhow::Result<String> {
         }
         let t = median(times);
         out += &format!(
-            "{:<44} {:>7.2} s   ideal {:.2} s ({} × 100 ms / 10): {:+.1}%\n",
+            "{:<44} {:>7.2} s   ideal {:.2} s ({chunks} × {:.1} ms drawn / 10): {:+.1}%\n",
             "(c) natsflow, 10 mappers, work 0-200 ms",
             t,
             ideal,
-            chunks,
+            1000.0 * work / chunks as f64,
             100.0 * (t / ideal - 1.0)
         );
     }
