@@ -168,6 +168,8 @@ fn config_object(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Value {
 pub fn contains(observed: &Value, desired: &Value) -> bool {
     match (observed, desired) {
         (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, dv)| match o.get(k) {
+            // The API server rewrites quantities in canonical form (`0.5` becomes `500m`).
+            Some(ov) if k == "requests" || k == "limits" => same_quantities(ov, dv),
             Some(ov) => contains(ov, dv),
             None => {
                 dv.is_null()
@@ -180,6 +182,54 @@ pub fn contains(observed: &Value, desired: &Value) -> bool {
         }
         (o, d) => o == d,
     }
+}
+
+fn same_quantities(observed: &Value, desired: &Value) -> bool {
+    let (Some(o), Some(d)) = (observed.as_object(), desired.as_object()) else {
+        return contains(observed, desired);
+    };
+    d.iter().all(|(k, dv)| {
+        o.get(k)
+            .is_some_and(|ov| match (quantity(ov), quantity(dv)) {
+                (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+                _ => ov == dv,
+            })
+    })
+}
+
+/// The value of a Kubernetes quantity (`500m`, `0.5`, `64Mi`, `1e3`, or a bare number).
+fn quantity(v: &Value) -> Option<f64> {
+    let s = match v {
+        Value::Number(n) => return n.as_f64(),
+        Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * scale)
 }
 
 #[cfg(test)]
@@ -199,6 +249,23 @@ pub mod tests {
 
     pub const MINIMAL: &str =
         "nats: {url: 'nats://my-nats:4222'}\nimage: natsflow/natsflow:0.1.0\n";
+
+    #[test]
+    fn quantities_compare_by_value_as_the_api_server_rewrites_them() {
+        let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1048576"}, "limits": {"cpu": 1, "memory": "1.5Gi"}}});
+        let observed = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Mi"}, "limits": {"cpu": "1", "memory": "1536Mi"}}});
+        assert!(contains(&observed, &desired));
+        let changed = json!({"resources": {"requests": {"cpu": "600m", "memory": "1Mi"}, "limits": {"cpu": "1", "memory": "1536Mi"}}});
+        assert!(!contains(&changed, &desired));
+        let extra = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Mi", "ephemeral-storage": "1Gi"}, "limits": {"cpu": "1", "memory": "1536Mi"}}});
+        assert!(
+            contains(&extra, &desired),
+            "like any field the operator does not set"
+        );
+        assert_eq!(quantity(&json!("1e3")), Some(1000.0));
+        assert_eq!(quantity(&json!("2k")), Some(2000.0));
+        assert_eq!(quantity(&json!("lots")), None);
+    }
 
     #[test]
     fn contains_ignores_added_fields_but_not_changed_ones() {

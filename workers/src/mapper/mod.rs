@@ -209,7 +209,11 @@ mod tests {
             .collect();
         assert!(draws.iter().all(|d| (50..=150).contains(d)));
         let distinct: std::collections::HashSet<_> = draws.iter().collect();
-        assert!(distinct.len() > 90, "only {} distinct draws", distinct.len());
+        assert!(
+            distinct.len() > 90,
+            "only {} distinct draws",
+            distinct.len()
+        );
         let mean = draws.iter().sum::<u64>() as f64 / 1000.0;
         assert!((95.0..105.0).contains(&mean), "mean {mean} ms");
     }
