@@ -1,4 +1,5 @@
-//! Workers reach a nats-server that demands a token, a user and password, or TLS with the
+//! Workers reach a nats-server that demands a token, a user and password, a creds file (operator
+//! mode, JWTs signed here as nsc would) or TLS with the
 //! operator's CA, configured only through the environment the operator sets.
 
 mod common;
@@ -171,4 +172,114 @@ fn tls_with_a_private_ca() {
         !ready_within(&bad, Duration::from_secs(2)),
         "an untrusted server must not be used"
     );
+}
+
+/// A NATS JWT (v2) with `claims` about `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+    let header = B64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("T{}", fastrand::u64(..)),
+        "iat": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", B64.encode(claims.to_string()));
+    let sig = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", B64.encode(sig))
+}
+
+/// nats-server in operator mode trusting one account, and a creds file for a user of it,
+/// as `nsc` would make them.
+fn operator_mode(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (op, system, account, user) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_user(),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let op_jwt = jwt(
+        &op,
+        &op.public_key(),
+        "natsflow-test",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &op,
+        &account.public_key(),
+        "pipeline",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    // JetStream needs a system account.
+    let system_jwt = jwt(
+        &op,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "worker",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let conf = dir.join("operator.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: {op_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: {system_jwt}\n  {}: {account_jwt}\n}}\n",
+            account.public_key(),
+            sys = system.public_key()
+        ),
+    )
+    .unwrap();
+    let creds = dir.join("worker.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    (conf, creds)
+}
+
+#[test]
+fn creds_file_auth_against_an_operator_mode_server() {
+    let dir = temp_dir("auth-creds");
+    let (conf, creds) = operator_mode(&dir);
+    let nats = Nats::start_with("auth-creds", &["-c", conf.to_str().unwrap()]);
+    let good = Proc::worker("saver", "saver", &nats, &dir)
+        .env("NATSFLOW_NATS_CREDS_FILE", creds.to_str().unwrap())
+        .start();
+    assert!(
+        ready_within(&good, Duration::from_secs(10)),
+        "{}",
+        good.log_text()
+    );
+    // The same server turns away a worker without credentials.
+    let bad = Proc::worker("saver", "saver-no-creds", &nats, &dir).start();
+    assert!(
+        !ready_within(&bad, Duration::from_secs(2)),
+        "a worker without credentials must not connect"
+    );
+    assert!(
+        bad.log_text().to_lowercase().contains("authorization"),
+        "{}",
+        bad.log_text()
+    );
+    let seed = std::fs::read_to_string(&creds).unwrap();
+    let seed = seed.lines().find(|l| l.starts_with("SU")).unwrap();
+    assert!(!good.log_text().contains(seed), "no seed in logs");
 }
