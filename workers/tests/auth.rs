@@ -1,6 +1,6 @@
-//! Workers reach a nats-server that demands a token, a user and password, a creds file (operator
-//! mode, JWTs signed here as nsc would) or TLS with the
-//! operator's CA, configured only through the environment the operator sets.
+//! Workers reach a nats-server that demands a token, a user and password, a creds file
+//! (operator mode, with JWTs signed here as nsc would sign them) or TLS with the operator's CA,
+//! configured only through the environment the operator sets.
 
 mod common;
 
