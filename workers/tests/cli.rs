@@ -171,18 +171,26 @@ fn bench_prints_every_case_against_the_floor() {
 }
 
 #[test]
-fn an_out_directory_with_earlier_chunks_is_refused() {
-    let out = temp_dir("cli-used-out");
-    std::fs::write(out.join("chunk-000000.json"), "{}").unwrap();
-    let o = natsflow()
-        .args(["run", "--objects", "100", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        stderr.contains("already holds chunks of an earlier run"),
-        "{stderr}"
-    );
+fn runs_into_the_same_out_directory_each_save_everything() {
+    let out = temp_dir("cli-same-out");
+    for _ in 0..2 {
+        let o = natsflow()
+            .args(["run", "--objects", "300", "--mappers", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(stdout.contains("saved in      "), "{stdout}");
+    }
+    let folders: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(folders.len(), 2, "one folder per run");
+    for f in folders {
+        let chunks = std::fs::read_dir(f.unwrap().path()).unwrap().count();
+        assert_eq!(chunks, 3, "every chunk of each run saved");
+    }
 }

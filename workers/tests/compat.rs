@@ -298,3 +298,44 @@ async fn mapper_answers_anyone_listening_once_per_free_slot() {
         "the busy slot must not say it is listening"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetcher_counts_acks_of_its_own_run_and_of_app9_savers_only() {
+    let nats = Nats::start("ack-runs");
+    let dir = temp_dir("ack-runs");
+    let mut fetcher = Proc::worker("fetcher", "fetcher", &nats, &dir)
+        .args(&["--objects", "300", "--run-id", "mine", "--exit-when-done"])
+        .start();
+    wait_until(WAIT, "fetcher up", || {
+        http_get(fetcher.metrics_port, "/readyz").starts_with("ready")
+    });
+    let c = nats.client().await;
+    let ack = |run: Option<&str>, i: u64| {
+        let c = c.clone();
+        let run = run.map(str::to_string);
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            if let Some(r) = run {
+                h.insert("Natsflow-Run", r.as_str());
+            }
+            c.publish_with_headers("processed_data", h, i.to_string().into())
+                .await
+                .unwrap();
+            c.flush().await.unwrap();
+        }
+    };
+    // A saver of an earlier run acknowledging its chunk #0 says nothing about this run's.
+    for i in 0..3 {
+        ack(Some("earlier"), i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fetcher.metric("natsflow_chunks_done"), 0.0);
+    ack(Some("mine"), 0).await;
+    ack(None, 1).await;
+    ack(None, 2).await;
+    assert!(
+        fetcher.wait(WAIT).success(),
+        "done once its own and app9's acks came: {}",
+        fetcher.log_text()
+    );
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use common::*;
 use natsflow::fetcher::Summary;
@@ -58,18 +58,24 @@ fn summary(run: &Run) -> Summary {
     serde_json::from_slice(&std::fs::read(run.dir.join("summary.json")).unwrap()).unwrap()
 }
 
+/// Chunk files in every run folder under the sink's directory.
 fn saved_files(run: &Run) -> usize {
-    std::fs::read_dir(&run.out)
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("chunk-")
+    let count = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("chunk-")
+                })
+                .count()
             })
-            .count()
-        })
+            .unwrap_or(0)
+    };
+    std::fs::read_dir(&run.out)
+        .map(|d| d.map(|e| count(&e.unwrap().path())).sum())
         .unwrap_or(0)
 }
 
@@ -149,12 +155,13 @@ fn killed_mapper_saver_and_fetcher_lose_nothing() {
     println!("after the faults: {s:?}");
     assert!(s.complete);
     // Progress is saved every 500 ms, so a SIGKILL loses at most that much of it; starting
-    // over would resume nothing and send all 1000 chunks again.
+    // over would resume nothing and send all 1000 chunks again. Re-sends after the ack
+    // timeout come on top (the debug-build saver with fsync is slow), so count first sends.
+    let first_sends = s.sends - s.resends;
     assert!(
-        s.chunks_resumed >= 100 && s.sends < 1000,
-        "the restarted fetcher resumed ({} chunks, {} sends)",
+        s.chunks_resumed >= 100 && first_sends <= 1000 - s.chunks_resumed,
+        "the restarted fetcher resumed ({} chunks resumed, {first_sends} first sends)",
         s.chunks_resumed,
-        s.sends
     );
     assert_all_chunks_saved(&run.out, OBJECTS, 100, 1);
 }
@@ -234,7 +241,8 @@ fn http_source_json_array_and_ndjson_are_chunked_and_saved() {
         assert_eq!((s.objects, s.chunks, s.duplicates), (1050, 11, 0), "{name}");
         for i in 0..11u64 {
             let saved: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(natsflow::saver::sink::chunk_path(&run.out, i)).unwrap(),
+                &std::fs::read(natsflow::saver::sink::chunk_path(&run_folder(&run.out), i))
+                    .unwrap(),
             )
             .unwrap();
             let data = saved["data"].as_array().unwrap();

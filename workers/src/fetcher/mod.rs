@@ -159,6 +159,12 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                 Instant::now()
             }
             Some(msg) = acks.next() => {
+                // An ack names its run when the saver knows it (app9's savers do not).
+                let run = msg.headers.as_ref().and_then(|h| h.get(HDR_RUN));
+                if run.is_some_and(|r| r.as_str() != run_id) {
+                    tracing::debug!("ignored an ack of another run");
+                    continue;
+                }
                 match protocol::parse_ack(&msg.payload).map(|i| (i, leases.ack(i))) {
                     Some((_, Ack::New)) => {
                         dirty = true;

@@ -20,6 +20,7 @@ use super::{
 use crate::{
     fetcher::Summary,
     protocol::{self, Subjects},
+    saver::sink,
 };
 
 #[derive(Args, Clone, Debug)]
@@ -42,7 +43,8 @@ pub struct RunArgs {
     /// A chunk not acknowledged by then is sent again.
     #[arg(long, default_value = "5s")]
     pub ack_timeout: String,
-    /// Save chunks as files in this directory (default: the saver logs them).
+    /// Save chunks as files in a folder named after the run in this directory (default: the
+    /// saver logs them).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Use this NATS server instead of starting one.
@@ -92,6 +94,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Highest peak memory (max RSS, KiB) seen per process kind: fetcher, mapper, saver.
     pub peak_kib: BTreeMap<String, u64>,
+    /// With `--out`: the folder of this run's chunk files.
+    pub saved_in: Option<PathBuf>,
 }
 
 const GRACE: Duration = Duration::from_secs(5);
@@ -160,19 +164,6 @@ impl Session {
 
     async fn run(&mut self, args: &RunArgs, wall: Instant) -> anyhow::Result<Outcome> {
         let bins = Binaries::next_to_this_exe()?;
-        if let Some(out) = &args.out {
-            // The saver keeps chunks already there and would report them saved.
-            let used = std::fs::read_dir(out)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("chunk-"));
-            anyhow::ensure!(
-                !used,
-                "{} already holds chunks of an earlier run: choose an empty directory for --out",
-                out.display()
-            );
-        }
         let url = match &args.nats_url {
             Some(u) => u.clone(),
             None => {
@@ -307,7 +298,8 @@ impl Session {
                         if let Some(kib) = summary.peak_rss_kib {
                             peak_kib.insert("fetcher".into(), kib);
                         }
-                        return Ok(Outcome { summary, dead_letters, wall: wall.elapsed(), peak_kib });
+                        let saved_in = args.out.as_ref().map(|o| o.join(sink::run_dir(&summary.run_id)));
+                        return Ok(Outcome { summary, dead_letters, wall: wall.elapsed(), peak_kib, saved_in });
                     }
                 }
             }
@@ -410,7 +402,7 @@ pub fn report(o: &Outcome) -> String {
     } else {
         format!("{}/{} chunks saved", s.chunks_done, s.chunks)
     };
-    format!(
+    let mut r = format!(
         "natsflow run: {head}\n  objects       {}\n  pipeline time {:.2} s (first chunk sent to last saved)\n  total time    {:.2} s (with start-up)\n  objects/s     {:.0}\n  re-sends      {}\n  duplicates    {}\n  dead letters  {}\n",
         s.objects,
         s.elapsed_secs,
@@ -419,7 +411,11 @@ pub fn report(o: &Outcome) -> String {
         s.resends,
         s.duplicates,
         o.dead_letters
-    )
+    );
+    if let Some(dir) = &o.saved_in {
+        r += &format!("  saved in      {}\n", dir.display());
+    }
+    r
 }
 
 /// Peak resident memory of a process in KiB (VmHWM), Linux only.

@@ -66,10 +66,18 @@ async fn save(w: &Worker, sink: &Sink, msg: Message) -> anyhow::Result<()> {
             .await;
         }
     };
+    let run = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(protocol::HDR_RUN))
+        .map(|v| v.as_str().to_string());
     // On a failed save nothing is acknowledged: the fetcher sends the chunk again later.
-    let saved = sink.save(index, objects, msg.payload).await.map_err(|e| {
-        anyhow::anyhow!("cannot save chunk #{index}, leaving it for a re-send: {e}")
-    })?;
+    let saved = sink
+        .save(run.as_deref(), index, objects, msg.payload)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot save chunk #{index}, leaving it for a re-send: {e}")
+        })?;
     match saved {
         Saved::New => w.metrics.chunks_saved.inc(),
         Saved::Again => {
@@ -77,12 +85,19 @@ async fn save(w: &Worker, sink: &Sink, msg: Message) -> anyhow::Result<()> {
             w.metrics.duplicates_dropped.inc()
         }
     };
-    w.client
-        .publish(
-            w.subjects.processed_data.clone(),
-            protocol::ack_payload(index),
-        )
-        .await?;
+    // The run id goes back with the ack, so a fetcher never counts another run's chunk.
+    let (subject, ack) = (
+        w.subjects.processed_data.clone(),
+        protocol::ack_payload(index),
+    );
+    match &run {
+        Some(run) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(protocol::HDR_RUN, run.as_str());
+            w.client.publish_with_headers(subject, headers, ack).await?
+        }
+        None => w.client.publish(subject, ack).await?,
+    }
     w.metrics
         .processing_seconds
         .observe(started.elapsed().as_secs_f64());

@@ -276,9 +276,26 @@ pub fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Every chunk file of the data set is there, once, with exactly what the mapper should
-/// have made of the generated chunk.
-pub fn assert_all_chunks_saved(dir: &Path, objects: u64, chunk_size: u64, seed: u64) {
+/// The folder the file sink made for the one run that saved into `out`.
+pub fn run_folder(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one run folder in {}: {dirs:?}",
+        out.display()
+    );
+    dirs[0].clone()
+}
+
+/// Every chunk file of the data set is in the run's folder under `out`, once, with exactly
+/// what the mapper should have made of the generated chunk.
+pub fn assert_all_chunks_saved(out: &Path, objects: u64, chunk_size: u64, seed: u64) {
+    let dir = &run_folder(out);
     use natsflow::{fetcher::source::Generated, mapper::transform, protocol};
     let source = Generated {
         seed,
