@@ -339,3 +339,38 @@ async fn fetcher_counts_acks_of_its_own_run_and_of_app9_savers_only() {
         fetcher.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_sent_to_no_mapper_goes_with_the_next_readiness_signal() {
+    let nats = Nats::start("no-mapper");
+    let dir = temp_dir("no-mapper");
+    let fetcher = Proc::worker("fetcher", "fetcher", &nats, &dir)
+        .args(&["--objects", "300", "--ack-timeout", "60s"])
+        .start();
+    wait_until(WAIT, "fetcher up", || {
+        http_get(fetcher.metrics_port, "/readyz").starts_with("ready")
+    });
+    let c = nats.client().await;
+    // A stale readiness signal: nobody takes the chunk it brings.
+    c.publish("mapper_status", "im_listening".into())
+        .await
+        .unwrap();
+    c.flush().await.unwrap();
+    wait_until(WAIT, "the first send", || {
+        fetcher.metric("natsflow_chunks_sent_total") == 1.0
+    });
+    let mut data = c
+        .queue_subscribe("mapper_data", "mapper.workers".into())
+        .await
+        .unwrap();
+    c.flush().await.unwrap();
+    c.publish("mapper_status", "im_listening".into())
+        .await
+        .unwrap();
+    let m = next(&mut data).await;
+    let chunk: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(
+        chunk["index"], 0,
+        "chunk #0 again, not chunk #1 while #0 waits out its 60 s lease"
+    );
+}

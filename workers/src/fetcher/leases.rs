@@ -116,6 +116,19 @@ impl Leases {
         expired.len()
     }
 
+    /// Ends the lease of a send that reached no mapper, so the chunk goes with the next
+    /// readiness signal instead of after the ack timeout. False when that send is stale.
+    pub fn release(&mut self, index: u64, attempt: u32) -> bool {
+        let i = index as usize;
+        if self.state.get(i) != Some(&State::Leased) || self.attempts[i] != attempt {
+            return false;
+        }
+        self.state[i] = State::Pending;
+        self.in_flight -= 1;
+        self.pending.push_front(index);
+        true
+    }
+
     pub fn ack(&mut self, index: u64) -> Ack {
         match self.state.get(index as usize).copied() {
             None => Ack::Unknown,
@@ -167,6 +180,24 @@ mod tests {
             Leases::new(total, Duration::from_secs(30), |_| false),
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn a_send_that_reached_nobody_is_sent_next_and_its_old_deadline_ignored() {
+        let (mut l, t) = leases(3);
+        assert_eq!(l.next_to_send(t), Some((0, 1)));
+        assert_eq!(l.next_to_send(t), Some((1, 1)));
+        assert!(l.release(0, 1));
+        assert!(!l.release(0, 1), "released once");
+        assert_eq!(l.in_flight(), 1);
+        let later = t + Duration::from_secs(10);
+        assert_eq!(l.next_to_send(later), Some((0, 2)));
+        assert!(!l.release(0, 1), "a stale attempt changes nothing");
+        // The first lease's deadline passes, chunk #1's too; the second lease of #0 still runs.
+        assert_eq!(l.expire(t + Duration::from_secs(31)), 1);
+        assert_eq!(l.next_to_send(t + Duration::from_secs(31)), Some((1, 2)));
+        assert_eq!(l.ack(0), Ack::New);
+        assert!(!l.release(0, 3), "done chunks stay done");
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         .client
         .subscribe(w.subjects.processed_data.clone())
         .await?;
+    // Each chunk goes with a reply subject nobody answers, so that the server says at once
+    // when a send reached no mapper (its readiness signal was stale: the mapper died, or
+    // answered twice) instead of the chunk waiting out its ack timeout.
+    let inbox = w.client.new_inbox();
+    let mut undelivered = w.client.subscribe(format!("{inbox}.*.*")).await?;
     w.client
         .publish(w.subjects.mapper_status.clone(), ANYONE_LISTENING.into())
         .await?;
@@ -179,6 +184,19 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                 }
                 Instant::now()
             }
+            Some(msg) = undelivered.next() => {
+                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    let mut parts = msg.subject.rsplit('.');
+                    let attempt = parts.next().and_then(|a| a.parse().ok());
+                    let index = parts.next().and_then(|i| i.parse().ok());
+                    if let (Some(index), Some(attempt)) = (index, attempt) {
+                        if leases.release(index, attempt) {
+                            tracing::debug!("chunk #{index} reached no mapper: it goes with the next readiness signal");
+                        }
+                    }
+                }
+                Instant::now()
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 if leases.expire(now) > 0 {
@@ -203,8 +221,9 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                 _ => generated.chunk(index).into(),
             };
             w.client
-                .publish_with_headers(
+                .publish_with_reply_and_headers(
                     w.subjects.mapper_data.clone(),
+                    format!("{inbox}.{index}.{attempt}"),
                     headers,
                     payload.clone(),
                 )
