@@ -61,6 +61,7 @@ pub async fn run(
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=natsflow-operator");
     let controller = Controller::new(api::<Pipeline>(&client, ns), wc.clone());
     let pipelines = controller.store();
+    // `Api<PartialObjectMeta<_>>` asks for metadata only: Secret values never reach the operator.
     let secrets =
         watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone()).touched_objects();
     controller

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub chunks_saved: Counter,
     pub chunks_sent: Counter,
     pub chunks_resent: Counter,
+    pub chunks_unreached: Counter,
     pub duplicates_dropped: Counter,
     pub dead_letters: Counter,
     pub processing_seconds: Histogram,
@@ -44,6 +45,7 @@ impl Metrics {
             chunks_saved: Counter::default(),
             chunks_sent: Counter::default(),
             chunks_resent: Counter::default(),
+            chunks_unreached: Counter::default(),
             duplicates_dropped: Counter::default(),
             dead_letters: Counter::default(),
             // 100 µs .. ~13 s
@@ -81,6 +83,11 @@ impl Metrics {
             "chunks_resent",
             "Chunks the fetcher sent again after their ack timeout",
             m.chunks_resent.clone(),
+        );
+        r.register(
+            "chunks_unreached",
+            "Chunk sends that reached no mapper (a stale readiness signal); sent again at once",
+            m.chunks_unreached.clone(),
         );
         r.register(
             "duplicates_dropped",

@@ -1,5 +1,5 @@
 //! The HTTP endpoints every worker serves: /metrics (Prometheus text), /healthz (the process
-//! is alive), /readyz (connected to NATS), plus JSON extras a worker adds (the fetcher's
+//! is alive), /readyz (connected to NATS and subscribed), plus JSON extras a worker adds (the fetcher's
 //! /progress).
 
 use std::{net::SocketAddr, sync::Arc};
@@ -16,14 +16,14 @@ use prometheus_client::registry::Registry;
 #[derive(Clone)]
 struct Health {
     registry: Arc<Registry>,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>,
 }
 
 /// Binds `addr` and serves in the background; returns the bound address (port 0 picks one).
 pub async fn spawn(
     addr: SocketAddr,
     registry: Registry,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
+    ready: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
     extra: Router,
 ) -> anyhow::Result<SocketAddr> {
     let state = Health {
@@ -69,9 +69,8 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if (h.ready)() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+    match (h.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

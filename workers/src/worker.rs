@@ -1,6 +1,11 @@
 //! What every worker binary does before its own work starts: logging, metrics, the NATS
 //! connection, the health endpoints and the stop signal.
 
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
 use async_nats::{connection::State, Client};
 use axum::Router;
 use prometheus_client::registry::Registry;
@@ -15,6 +20,26 @@ pub struct Worker {
     pub metrics: Metrics,
     pub subjects: Subjects,
     pub shutdown: Shutdown,
+    pub subscribed: Subscribed,
+}
+
+/// Set once the worker's subscriptions are made: /readyz says ready only from then on, so
+/// nobody (a Service, a test, the operator) sends to a worker that would not hear it yet.
+#[derive(Clone)]
+pub struct Subscribed {
+    client: Client,
+    flag: Arc<AtomicBool>,
+}
+
+impl Subscribed {
+    pub async fn set(&self) -> anyhow::Result<()> {
+        if !self.flag.load(Ordering::Relaxed) {
+            // The flush returns once the server has processed the subscriptions sent before it.
+            self.client.flush().await?;
+            self.flag.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 /// Starts the shared parts; `extra` routes join /metrics, /healthz and /readyz.
@@ -29,10 +54,23 @@ pub async fn start(
     let id = crate::protocol::worker_id(kind);
     let client = nats::connect(&common.nats, &id, &metrics).await?;
     let probe = client.clone();
+    let subscribed = Subscribed {
+        client: client.clone(),
+        flag: Arc::new(AtomicBool::new(false)),
+    };
+    let flag = subscribed.flag.clone();
     serve::spawn(
         common.metrics_addr,
         registry,
-        move || probe.connection_state() == State::Connected,
+        move || {
+            if probe.connection_state() != State::Connected {
+                Err("not connected to NATS")
+            } else if !flag.load(Ordering::Relaxed) {
+                Err("not subscribed yet")
+            } else {
+                Ok(())
+            }
+        },
         extra,
     )
     .await?;
@@ -42,6 +80,7 @@ pub async fn start(
         metrics,
         subjects: Subjects::new(&common.subject_prefix),
         shutdown,
+        subscribed,
     })
 }
 

@@ -108,8 +108,6 @@ fn wait_ready(p: &Proc) {
         &format!("{} is ready", p.name),
         || http_get(p.metrics_port, "/readyz").starts_with("ready"),
     );
-    // /readyz says connected; the queue subscription is sent right after.
-    std::thread::sleep(Duration::from_millis(100));
 }
 
 fn event(n: usize) -> String {

@@ -356,9 +356,12 @@ async fn a_chunk_sent_to_no_mapper_goes_with_the_next_readiness_signal() {
         .await
         .unwrap();
     c.flush().await.unwrap();
-    wait_until(WAIT, "the first send", || {
-        fetcher.metric("natsflow_chunks_sent_total") == 1.0
-    });
+    wait_until(
+        WAIT,
+        "the server to say the first send reached no one",
+        || fetcher.metric("natsflow_chunks_unreached_total") == 1.0,
+    );
+    assert_eq!(fetcher.metric("natsflow_chunks_sent_total"), 1.0);
     let mut data = c
         .queue_subscribe("mapper_data", "mapper.workers".into())
         .await

@@ -33,6 +33,7 @@ pub struct Setup {
 pub async fn run<F, Fut>(
     client: &async_nats::Client,
     setup: &Setup,
+    subscribed: &crate::worker::Subscribed,
     mut stop: crate::shutdown::Shutdown,
     mut handle: F,
 ) -> anyhow::Result<()>
@@ -81,6 +82,7 @@ where
         "JetStream mode: stream {}, durable consumer {CONSUMER}, claims in {CLAIMS}",
         setup.stream
     );
+    subscribed.set().await?;
     let mut messages = consumer;
     loop {
         let msg = tokio::select! {

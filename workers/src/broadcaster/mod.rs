@@ -88,6 +88,7 @@ pub async fn run(w: Worker, args: BroadcasterArgs) -> anyhow::Result<()> {
                 .client
                 .queue_subscribe(args.subject.clone(), QUEUE.into())
                 .await?;
+            w.subscribed.set().await?;
             tracing::info!(
                 "broadcaster ready: forwarding events on {} to {} (core NATS, queue group {QUEUE})",
                 args.subject,
@@ -114,9 +115,13 @@ pub async fn run(w: Worker, args: BroadcasterArgs) -> anyhow::Result<()> {
                 args.subject,
                 args.target.name()
             );
-            jetstream::run(&w.client, &setup, w.shutdown.clone(), |msg| {
-                sender.forward(msg)
-            })
+            jetstream::run(
+                &w.client,
+                &setup,
+                &w.subscribed,
+                w.shutdown.clone(),
+                |msg| sender.forward(msg),
+            )
             .await?;
         }
     }

@@ -99,6 +99,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     w.client
         .publish(w.subjects.mapper_status.clone(), ANYONE_LISTENING.into())
         .await?;
+    w.subscribed.set().await?;
     tracing::info!(
         run = %run_id,
         "fetcher ready: {total} chunks of {} objects, ack timeout {:?}",
@@ -191,6 +192,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                     let index = parts.next().and_then(|i| i.parse().ok());
                     if let (Some(index), Some(attempt)) = (index, attempt) {
                         if leases.release(index, attempt) {
+                            w.metrics.chunks_unreached.inc();
                             tracing::debug!("chunk #{index} reached no mapper: it goes with the next readiness signal");
                         }
                     }

@@ -43,6 +43,7 @@ pub async fn run(w: Worker, args: MapperArgs) -> anyhow::Result<()> {
                 subjects: w.subjects.clone(),
                 metrics: w.metrics.clone(),
                 id: w.id.clone(),
+                subscribed: w.subscribed.clone(),
                 args: args.clone(),
                 transform: transform.clone(),
             };
@@ -64,6 +65,7 @@ struct Slot {
     subjects: Subjects,
     metrics: Metrics,
     id: String,
+    subscribed: crate::worker::Subscribed,
     args: MapperArgs,
     transform: Arc<transform::Transform>,
 }
@@ -82,6 +84,7 @@ impl Slot {
                 .client
                 .subscribe(self.subjects.mapper_status.clone())
                 .await?;
+            self.subscribed.set().await?;
             announce(&self.client, &self.subjects, &self.id).await?;
             let msg = loop {
                 tokio::select! {

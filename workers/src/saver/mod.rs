@@ -30,6 +30,7 @@ pub async fn run(w: Worker, args: SaverArgs) -> anyhow::Result<()> {
         .client
         .queue_subscribe(w.subjects.saver_data.clone(), SAVER_QUEUE.into())
         .await?;
+    w.subscribed.set().await?;
     tracing::info!("saver ready: sink {:?}", args.sink);
     let mut shutdown = w.shutdown.clone();
     let w = Arc::new(w);
