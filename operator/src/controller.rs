@@ -11,7 +11,7 @@ use k8s_openapi::api::{
 use kube::{
     api::{Api, ListParams, PartialObjectMeta},
     runtime::{
-        controller::Controller,
+        controller::{self, Controller},
         reflector::ObjectRef,
         watcher::{self, watcher},
         WatchStreamExt,
@@ -53,6 +53,7 @@ pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -83,6 +84,7 @@ pub async fn run(
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })
+        .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -35,6 +35,16 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "NATSFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Pipelines reconciled at once. Each one in flight holds an API connection, so this
+    /// bounds the operator's memory and its load on the API server after a restart.
+    #[arg(
+        long,
+        env = "NATSFLOW_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..),
+        global = true
+    )]
+    max_concurrent_reconciles: u16,
     /// Namespace of the leader-election Lease (default: the pod's, from POD_NAMESPACE).
     #[arg(
         long,
@@ -118,9 +128,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         tracing::info!("leading: reconciling Pipelines");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = controller::run(ctx.clone(), cli.namespace.clone(), async move {
-            let _ = stop_rx.await;
-        });
+        let run = controller::run(
+            ctx.clone(),
+            cli.namespace.clone(),
+            cli.max_concurrent_reconciles,
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
         tokio::pin!(run);
         let stop = tokio::select! {
             _ = &mut run => true,
