@@ -196,7 +196,7 @@ pub struct HttpSource {
     pub url: String,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.transform != 'jq' || (has(self.jq) && size(self.jq) > 0)").message("spec.mapper.jq: required when transform is jq"))]
 pub struct MapperSpec {
@@ -217,6 +217,20 @@ pub struct MapperSpec {
 
 fn default_concurrency() -> u32 {
     1
+}
+
+// By hand, not derived: the derived one had concurrency 0, which the schema's `default` for
+// an absent spec.mapper then carried, and the API server refuses a default its own schema
+// rejects (minimum 1).
+impl Default for MapperSpec {
+    fn default() -> Self {
+        MapperSpec {
+            transform: Transform::default(),
+            jq: None,
+            simulated_work_ms: None,
+            concurrency: default_concurrency(),
+        }
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

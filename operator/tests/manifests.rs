@@ -162,3 +162,108 @@ fn a_file_sink_shared_by_savers_needs_a_volume_claim() {
     let ok = parse(&format!("{BASE}spec:\n  nats: {{url: 'nats://n:4222'}}\n  image: i\n  saverReplicas: 2\n  saver: {{sink: file, volumeClaimName: data}}\n"));
     kube::core::cel::validate_cel(&ok).unwrap();
 }
+
+/// What the API server checks of a `default` when it accepts the CRD: the value must pass
+/// the schema it sits in (types, bounds, enums, lengths, required and known fields).
+fn schema_errors(v: &Value, schema: &Value, path: &str, errors: &mut Vec<String>) {
+    if v.is_null() && schema["nullable"] == true {
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(v) {
+            errors.push(format!("{path}: {v} is not one of {allowed:?}"));
+        }
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errors.push(format!("{path}: {v} is not of type {}", schema["type"]));
+        return;
+    }
+    if let (Some(n), Some(min)) = (v.as_f64(), schema["minimum"].as_f64()) {
+        if n < min {
+            errors.push(format!("{path}: {n} is below the minimum {min}"));
+        }
+    }
+    if let (Some(n), Some(max)) = (v.as_f64(), schema["maximum"].as_f64()) {
+        if n > max {
+            errors.push(format!("{path}: {n} is above the maximum {max}"));
+        }
+    }
+    if let (Some(s), Some(min)) = (v.as_str(), schema["minLength"].as_u64()) {
+        if (s.chars().count() as u64) < min {
+            errors.push(format!("{path}: {s:?} is shorter than {min}"));
+        }
+    }
+    if let Some(items) = v.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            schema_errors(item, &schema["items"], &format!("{path}[{i}]"), errors);
+        }
+    }
+    if let Some(fields) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            if !fields.contains_key(r.as_str().unwrap()) {
+                errors.push(format!("{path}.{}: required", r.as_str().unwrap()));
+            }
+        }
+        let open = schema["x-kubernetes-preserve-unknown-fields"] == true
+            || schema["additionalProperties"].is_object();
+        for (k, fv) in fields {
+            match schema["properties"].get(k) {
+                Some(s) => schema_errors(fv, s, &format!("{path}.{k}"), errors),
+                None if schema["additionalProperties"].is_object() => schema_errors(
+                    fv,
+                    &schema["additionalProperties"],
+                    &format!("{path}.{k}"),
+                    errors,
+                ),
+                None if !open => errors.push(format!("{path}.{k}: not in the schema")),
+                None => {}
+            }
+        }
+    }
+}
+
+fn defaults_errors(schema: &Value, path: &str, errors: &mut Vec<String>) {
+    if let Some(d) = schema.get("default") {
+        schema_errors(d, schema, &format!("default of {path}"), errors);
+    }
+    for (k, s) in schema["properties"].as_object().into_iter().flatten() {
+        defaults_errors(s, &format!("{path}.{k}"), errors);
+    }
+    if schema["items"].is_object() {
+        defaults_errors(&schema["items"], &format!("{path}[]"), errors);
+    }
+}
+
+#[test]
+fn every_schema_default_passes_its_own_schema() {
+    let crd = serde_json::to_value(Pipeline::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut errors = Vec::new();
+    defaults_errors(schema, "Pipeline", &mut errors);
+    assert!(
+        errors.is_empty(),
+        "the API server would refuse the CRD:\n{}",
+        errors.join("\n")
+    );
+    // The checker itself: the default this test was written for.
+    let mut caught = Vec::new();
+    schema_errors(
+        &serde_json::json!({"concurrency": 0, "transform": "fullname"}),
+        &schema["properties"]["spec"]["properties"]["mapper"],
+        "spec.mapper",
+        &mut caught,
+    );
+    assert_eq!(
+        caught,
+        ["spec.mapper.concurrency: 0 is below the minimum 1"]
+    );
+}

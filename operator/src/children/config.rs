@@ -210,6 +210,7 @@ mod tests {
         assert_eq!(env["NATSFLOW_CHUNK_SIZE"], "100");
         assert_eq!(env["NATSFLOW_ACK_TIMEOUT"], "30s");
         assert_eq!(env["NATSFLOW_TRANSFORM"], "fullname");
+        assert_eq!(env["NATSFLOW_CONCURRENCY"], "1");
         assert_eq!(env["NATSFLOW_SINK"], "log");
         assert_eq!(env["NATSFLOW_RUN_ID"], "default-users-g1-o100000-c100");
     }
