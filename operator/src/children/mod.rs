@@ -152,7 +152,27 @@ pub fn desired(
             });
         }
     }
+    for child in &mut out {
+        stamp(&mut child.object);
+    }
     out
+}
+
+/// Annotation holding a digest of the whole desired object.
+pub const APPLIED: &str = "natsflow.dev/applied";
+
+/// Adds [`APPLIED`]. `contains` sees changed and added fields but not a field the spec no
+/// longer asks for (a dropped volume claim or limit); the digest changes then, the child is
+/// applied again, and server-side apply removes what this manager no longer sets.
+fn stamp(object: &mut Value) {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(object.to_string().as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let meta = object["metadata"]
+        .as_object_mut()
+        .expect("every child has metadata");
+    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+    annotations[APPLIED] = json!(hex);
 }
 
 fn config_object(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Value {
@@ -278,6 +298,32 @@ pub mod tests {
         assert!(!contains(&scaled, &desired));
         let extra_container = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "m"}, {"name": "x"}]}}}});
         assert!(!contains(&extra_container, &desired));
+    }
+
+    /// What `contains` alone cannot see: a field the spec no longer asks for is absent from
+    /// the desired object, so the observed one still "contains" it and nothing is applied.
+    #[test]
+    fn a_child_the_spec_dropped_a_field_from_is_applied_again() {
+        let with = "saver: {sink: file, volumeClaimName: saved}\nresources: {saver: {limits: {cpu: '2', memory: 1Gi}}}\nmonitoring: {serviceMonitor: {enabled: true, labels: {release: prom}}}\n";
+        let without = "saver: {sink: file}\nresources: {saver: {limits: {memory: 1Gi}}}\nmonitoring: {serviceMonitor: {enabled: true}}\n";
+        let before = desired(
+            &pipeline(&format!("{MINIMAL}{with}")),
+            &BTreeMap::new(),
+            true,
+        );
+        let after = desired(
+            &pipeline(&format!("{MINIMAL}{without}")),
+            &BTreeMap::new(),
+            true,
+        );
+        for name in ["users-saver", "users"] {
+            let find = |cs: &[Child]| cs.iter().find(|c| c.name == name).unwrap().object.clone();
+            assert!(
+                !contains(&find(&before), &find(&after)),
+                "{name}: the dropped fields must lead to an apply"
+            );
+            assert!(contains(&find(&after), &find(&after)));
+        }
     }
 
     #[test]
