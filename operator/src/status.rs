@@ -3,6 +3,7 @@
 //! for the scale subresource, and the fetcher's progress.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
 
 use crate::{
     children::{self, Component},
@@ -132,15 +133,50 @@ pub fn compute(p: &Pipeline, o: &Observed, now: &Time) -> PipelineStatus {
             now,
         ),
     });
+    // Name what the user asked for: the workers' ServiceMonitor, NATS's, or both.
+    let asked: Vec<(&str, String, &str)> = [
+        children::service_monitor::service_monitor(p)
+            .map(|_| ("serviceMonitor", p.name_any(), "the workers")),
+        children::service_monitor::nats_service_monitor(p).map(|_| {
+            (
+                "natsServiceMonitor",
+                children::service_monitor::nats_name(p),
+                "NATS",
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     match o.monitoring {
         Monitoring::NotRequested => {}
-        Monitoring::Applied => conditions.push(cond("Monitoring", true, "ServiceMonitorApplied", format!("ServiceMonitor {} scrapes the workers", children::service_name(p).trim_end_matches("-metrics")))),
-        Monitoring::CrdMissing => conditions.push(cond(
-            "Monitoring",
-            false,
-            "ServiceMonitorCRDMissing",
-            "monitoring.coreos.com/v1 ServiceMonitor is not installed: install the Prometheus operator, or set spec.monitoring.serviceMonitor.enabled to false".into(),
-        )),
+        Monitoring::Applied => {
+            let what: Vec<String> = asked
+                .iter()
+                .map(|(_, name, scrapes)| format!("ServiceMonitor {name} scrapes {scrapes}"))
+                .collect();
+            conditions.push(cond(
+                "Monitoring",
+                true,
+                "ServiceMonitorApplied",
+                what.join("; "),
+            ))
+        }
+        Monitoring::CrdMissing => {
+            let fields: Vec<String> = asked
+                .iter()
+                .map(|(field, _, _)| format!("spec.monitoring.{field}.enabled"))
+                .collect();
+            conditions.push(cond(
+                "Monitoring",
+                false,
+                "ServiceMonitorCRDMissing",
+                format!(
+                    "monitoring.coreos.com/v1 ServiceMonitor is not installed: install the Prometheus operator, or set {} to false",
+                    fields.join(" and ")
+                ),
+            ))
+        }
     }
 
     PipelineStatus {
@@ -284,12 +320,25 @@ mod tests {
         let mut o = observed(10);
         o.progress = Some((1000, 1000));
         o.monitoring = Monitoring::CrdMissing;
-        let s = compute(&pipeline(MINIMAL), &o, &now());
+        let nats_only = format!("{MINIMAL}monitoring: {{natsServiceMonitor: {{enabled: true}}}}\n");
+        let s = compute(&pipeline(&nats_only), &o, &now());
         assert_eq!(get(Some(&s), "Progressing").unwrap().reason, "Complete");
         let m = get(Some(&s), "Monitoring").unwrap();
         assert_eq!(
-            (m.status.as_str(), m.reason.as_str()),
-            ("False", "ServiceMonitorCRDMissing")
+            (m.status.as_str(), m.reason.as_str(), m.message.as_str()),
+            ("False", "ServiceMonitorCRDMissing", "monitoring.coreos.com/v1 ServiceMonitor is not installed: install the Prometheus operator, or set spec.monitoring.natsServiceMonitor.enabled to false")
+        );
+    }
+
+    #[test]
+    fn monitoring_names_the_service_monitors_applied() {
+        let mut o = observed(10);
+        o.monitoring = Monitoring::Applied;
+        let both = format!("{MINIMAL}monitoring: {{serviceMonitor: {{enabled: true}}, natsServiceMonitor: {{enabled: true}}}}\n");
+        let s = compute(&pipeline(&both), &o, &now());
+        assert_eq!(
+            get(Some(&s), "Monitoring").unwrap().message,
+            "ServiceMonitor users scrapes the workers; ServiceMonitor users-nats scrapes NATS"
         );
     }
 
