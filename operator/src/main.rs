@@ -137,14 +137,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
         );
         tokio::pin!(run);
+        // None: the controller ended by itself.
         let stop = tokio::select! {
-            _ = &mut run => true,
-            _ = term.recv() => true,
-            _ = int.recv() => true,
+            _ = &mut run => None,
+            _ = term.recv() => Some(true),
+            _ = int.recv() => Some(true),
             _ = leader.wait_for(|l| !*l) => {
                 tracing::warn!("lost the leader Lease: pausing until it is ours again");
-                false
+                Some(false)
             }
+        };
+        let Some(stop) = stop else {
+            // Its watches end only when told to: exit, so that the pod restarts.
+            drop(leader);
+            let _ = lease_task.await;
+            anyhow::bail!("the controller stopped unexpectedly; exiting so the pod restarts");
         };
         let _ = stop_tx.send(());
         run.await;
