@@ -1,5 +1,5 @@
 //! Wiring the reconciler to the cluster: watch Pipelines, the children they own, and the
-//! Secrets they reference (metadata only: the operator never holds Secret values).
+//! Secrets they reference (metadata only: the operator never asks for Secret data).
 
 use std::sync::Arc;
 
@@ -62,7 +62,7 @@ pub async fn run(
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=natsflow-operator");
     let controller = Controller::new(api::<Pipeline>(&client, ns), wc.clone());
     let pipelines = controller.store();
-    // `Api<PartialObjectMeta<_>>` asks for metadata only: Secret values never reach the operator.
+    // `Api<PartialObjectMeta<_>>` asks for metadata only, never a Secret's data.
     let secrets =
         watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone()).touched_objects();
     controller
