@@ -166,7 +166,9 @@ pub const APPLIED: &str = "natsflow.dev/applied";
 /// applied again, and server-side apply removes what this manager no longer sets.
 fn stamp(object: &mut Value) {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(object.to_string().as_bytes());
+    let mut h = Sha256::new();
+    serde_json::to_writer(&mut h, object).expect("a JSON value serializes");
+    let digest = h.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let meta = object["metadata"]
         .as_object_mut()
