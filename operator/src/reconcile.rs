@@ -130,6 +130,11 @@ pub fn error_policy(p: Arc<Pipeline>, err: &Error, ctx: Arc<Context>) -> Action 
 }
 
 async fn apply(p: &Pipeline, ctx: &Context) -> Result<Action, Error> {
+    // Garbage collection is deleting the children; applying them again (their deletion
+    // triggers a reconcile) would bring them back owned by a Pipeline on its way out.
+    if p.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let ns = p.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
     let key = key(p);

@@ -219,6 +219,21 @@ async fn an_unchanged_pipeline_causes_no_writes() {
 }
 
 #[tokio::test]
+async fn a_pipeline_being_deleted_is_left_to_garbage_collection() {
+    let world = Arc::new(Mutex::new(World::default()));
+    let mut p = pipeline(MINIMAL);
+    reconcile_once(&p, &world).await;
+    // `kubectl delete --cascade=foreground`: the Pipeline stays until its children are gone.
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    world.lock().unwrap().objects.remove(CM);
+    let requests = reconcile_once(&current(&p, &world), &world).await;
+    assert_eq!(requests, Vec::<String>::new(), "nothing is read or applied");
+    assert!(!world.lock().unwrap().objects.contains_key(CM));
+}
+
+#[tokio::test]
 async fn a_scale_change_patches_only_the_mapper_deployment() {
     let world = Arc::new(Mutex::new(World::default()));
     let p = pipeline(&format!("{MINIMAL}mapperReplicas: 3\n"));
