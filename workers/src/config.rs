@@ -10,7 +10,12 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// NATS credentials file (JWT + NKey seed), e.g. a mounted Secret.
     #[arg(long, env = "NATSFLOW_NATS_CREDS_FILE")]
@@ -57,7 +62,12 @@ pub struct FetcherArgs {
     #[arg(long, env = "NATSFLOW_SOURCE", value_enum, default_value_t = SourceKind::Generated)]
     pub source: SourceKind,
     /// URL of the http source.
-    #[arg(long, env = "NATSFLOW_SOURCE_URL", required_if_eq("source", "http"))]
+    #[arg(
+        long,
+        env = "NATSFLOW_SOURCE_URL",
+        required_if_eq("source", "http"),
+        hide_env_values = true
+    )]
     pub source_url: Option<String>,
     /// Number of generated objects.
     #[arg(long, env = "NATSFLOW_OBJECTS", default_value_t = 100_000)]

@@ -23,6 +23,16 @@ pub async fn connect(args: &NatsArgs, name: &str, metrics: &Metrics) -> anyhow::
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
         opts = opts.user_and_password(user.clone(), pass.clone());
     }
+    // app9's clients (nats.js) take `nats://user:pass@host` or `nats://token@host` in
+    // NATS_URL; async-nats parses but does not send them, so they are passed on here.
+    let explicit =
+        args.nats_creds_file.is_some() || args.nats_user.is_some() || args.nats_token.is_some();
+    if let (false, Some(addr)) = (explicit, url_credentials(&args.nats_url)) {
+        opts = match addr.password() {
+            Some(pass) => opts.user_and_password(addr.username().unwrap_or("").into(), pass.into()),
+            None => opts.token(addr.username().unwrap_or("").into()),
+        };
+    }
     if let Some(token) = &args.nats_token {
         opts = opts.token(token.clone());
     }
@@ -30,7 +40,7 @@ pub async fn connect(args: &NatsArgs, name: &str, metrics: &Metrics) -> anyhow::
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
     let reconnects = metrics.nats_reconnects.clone();
-    let url = args.nats_url.clone();
+    let url = redact_url(&args.nats_url);
     let client = opts
         .name(name)
         .retry_on_initial_connect()
@@ -94,9 +104,41 @@ pub async fn dead_letter(
     Ok(())
 }
 
+/// The first of `urls` that carries a user (and password) or a token.
+fn url_credentials(urls: &str) -> Option<async_nats::ServerAddr> {
+    urls.split(',')
+        .filter_map(|u| u.trim().parse::<async_nats::ServerAddr>().ok())
+        .find(|a| a.username().is_some())
+}
+
+/// NATS URLs as they may be logged: a password or token in `nats://user:pass@host` is
+/// replaced by `***`.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let rest_at = u.find("://").map_or(0, |i| i + 3);
+            let authority_end = u[rest_at..].find('/').map_or(u.len(), |i| rest_at + i);
+            match u[rest_at..authority_end].rfind('@') {
+                Some(at) => format!("{}***{}", &u[..rest_at], &u[rest_at + at..]),
+                None => u.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_nats_url_are_never_logged() {
+        assert_eq!(
+            redact_url("nats://app:s3cret@nats-1:4222,tls://tok3n@nats-2:4222/x@y,nats-3:4222"),
+            "nats://***@nats-1:4222,tls://***@nats-2:4222/x@y,nats-3:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -65,6 +65,43 @@ fn user_and_password_auth() {
     assert!(!w.log_text().contains("wonderland"));
 }
 
+#[test]
+fn credentials_in_the_nats_url_are_used_and_never_logged() {
+    let nats = Nats::start_with("auth-url", &["--user", "alice", "--pass", "wonderland"]);
+    let dir = temp_dir("auth-url");
+    let w = Proc::worker("mapper", "mapper", &nats, &dir)
+        .env(
+            "NATS_URL",
+            &format!("nats://alice:wonderland@127.0.0.1:{}", nats.port),
+        )
+        .start();
+    assert!(
+        ready_within(&w, Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
+    assert!(
+        w.log_text().contains("nats://***@127.0.0.1"),
+        "{}",
+        w.log_text()
+    );
+    assert!(!w.log_text().contains("wonderland"), "{}", w.log_text());
+
+    let token = Nats::start_with("auth-url-token", &["--auth", "t0ken"]);
+    let t = Proc::worker("saver", "saver", &token, &dir)
+        .env(
+            "NATS_URL",
+            &format!("nats://t0ken@127.0.0.1:{}", token.port),
+        )
+        .start();
+    assert!(
+        ready_within(&t, Duration::from_secs(10)),
+        "{}",
+        t.log_text()
+    );
+    assert!(!t.log_text().contains("t0ken"), "{}", t.log_text());
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)

@@ -179,7 +179,12 @@ impl Session {
             .connection_timeout(Duration::from_secs(5))
             .connect(url.as_str())
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url}: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach NATS at {}: {e}",
+                    crate::nats::redact_url(&url)
+                )
+            })?;
         let subjects = Subjects::new(&args.subject_prefix);
         let mut acks = client.subscribe(subjects.processed_data.clone()).await?;
         let mut dead = client.subscribe(subjects.dead_letter.clone()).await?;
@@ -241,7 +246,10 @@ impl Session {
                 );
             }
             if !args.quiet {
-                eprintln!("broadcasting todo events published on todos.events at {url}");
+                eprintln!(
+                    "broadcasting todo events published on todos.events at {}",
+                    crate::nats::redact_url(&url)
+                );
             }
         }
         for p in &mut self.procs {
