@@ -58,8 +58,17 @@ impl Jq {
             if written + n > 0 {
                 out.push(b',');
             }
+            let start = out.len();
             jaq_json::write::write(out, &jaq_json::write::Pp::default(), 0, &v)
                 .map_err(|e| e.to_string())?;
+            // jaq writes values JSON has no form for (nan, infinite, non-string keys): one of
+            // them would make the whole chunk unreadable for the saver, again at each re-send.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&out[start..]).is_err() {
+                return Err(format!(
+                    "jq: the output {} is not JSON",
+                    String::from_utf8_lossy(&out[start..out.len().min(start + 80)])
+                ));
+            }
             n += 1;
         }
         Ok(n)
@@ -125,6 +134,18 @@ mod tests {
     fn select_drops_and_streams_expand() {
         assert_eq!(run("select(.n > 1)", r#"{"n":1}"#).unwrap(), "");
         assert_eq!(run(".xs[]", r#"{"xs":[1,2]}"#).unwrap(), "1,2");
+    }
+
+    #[test]
+    fn outputs_json_cannot_hold_are_rejected() {
+        for code in ["nan", "infinite", ".x * 1e308 * 10", "{(1): 2}"] {
+            let e = run(code, r#"{"x": 1}"#);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains("is not JSON")),
+                "{code}: {e:?}"
+            );
+        }
+        assert_eq!(run(".x * 2", r#"{"x": 1}"#).unwrap(), "2");
     }
 
     #[test]
