@@ -129,6 +129,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     let mut last_log = Instant::now();
     let mut last_save = Instant::now();
     let mut dirty = false;
+    let mut save_failed = false;
     let mut finished_at: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(50).min(args.ack_timeout / 4));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,13 +276,17 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         }
 
         s.chunks_done = leases.done();
-        if dirty && (leases.is_complete() || last_save.elapsed() >= SAVE_EVERY) {
-            if let Some(store) = &store {
-                store
-                    .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
-                    .await;
-            }
-            dirty = false;
+        let due = last_save.elapsed() >= SAVE_EVERY || (leases.is_complete() && !save_failed);
+        if dirty && due {
+            let saved = match &store {
+                Some(store) => {
+                    store
+                        .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
+                        .await
+                }
+                None => true,
+            };
+            (dirty, save_failed) = (!saved, !saved);
             last_save = Instant::now();
         }
         if source_ended && leases.is_complete() && finished_at.is_none() {

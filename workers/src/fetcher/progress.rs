@@ -16,6 +16,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the bucket; `None` when the server has no JetStream.
     pub async fn open(client: &async_nats::Client, run_id: &str) -> Option<Store> {
+        // The client connects in the background: wait for the server, so that a fetcher
+        // started before NATS does not take it for one without JetStream.
+        if let Err(e) = client.flush().await {
+            tracing::warn!("cannot reach NATS to read saved progress: {e}");
+        }
         let js = jetstream::new(client.clone());
         let config = kv::Config {
             bucket: BUCKET.into(),
@@ -52,9 +57,14 @@ impl Store {
         }
     }
 
-    pub async fn save(&self, bits: Bytes) {
-        if let Err(e) = self.kv.put(self.key.as_str(), bits).await {
-            tracing::warn!("cannot save progress (will retry): {e}");
+    /// False when the save failed (logged); the caller tries again later.
+    pub async fn save(&self, bits: Bytes) -> bool {
+        match self.kv.put(self.key.as_str(), bits).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("cannot save progress (will retry): {e}");
+                false
+            }
         }
     }
 }
