@@ -7,7 +7,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use crate::{
     config::NatsArgs,
     metrics::Metrics,
-    protocol::{Subjects, HDR_REASON, HDR_SUBJECT, HDR_WORKER},
+    protocol::{Subjects, HDR_REASON, HDR_SUBJECT, HDR_TRUNCATED, HDR_WORKER},
 };
 
 /// Connects in the background: the call returns at once and the client keeps retrying
@@ -98,6 +98,15 @@ pub async fn dead_letter(
     headers.insert(HDR_SUBJECT, subject);
     // Header values are single-line.
     headers.insert(HDR_REASON, reason.replace(['\r', '\n'], " ").as_str());
+    // Room for the headers above (a reason is a line): a message set aside must not fail
+    // to publish for its size.
+    let room = client.server_info().max_payload.saturating_sub(1024);
+    let payload = if payload.len() > room {
+        headers.insert(HDR_TRUNCATED, payload.len().to_string().as_str());
+        payload.slice(..room)
+    } else {
+        payload
+    };
     client
         .publish_with_headers(subjects.dead_letter.clone(), headers, payload)
         .await?;

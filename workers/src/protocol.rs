@@ -23,6 +23,8 @@ pub const HDR_WORKER: &str = "Natsflow-Worker";
 pub const HDR_REASON: &str = "Natsflow-Reason";
 /// The subject a dead-lettered message arrived on.
 pub const HDR_SUBJECT: &str = "Natsflow-Subject";
+/// On a dead letter cut to fit the server's max_payload: the original size in bytes.
+pub const HDR_TRUNCATED: &str = "Natsflow-Truncated";
 
 /// The subjects of one pipeline, prefixed `<prefix>.` when a prefix is set.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -210,6 +210,62 @@ async fn to_mapper(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_maps_over_max_payload_is_set_aside_and_the_mapper_goes_on() {
+    let dir = temp_dir("max-payload");
+    let conf = dir.join("nats.conf");
+    std::fs::write(&conf, "max_payload: 8192\n").unwrap();
+    let nats = Nats::start_with("max-payload", &["-c", conf.to_str().unwrap()]);
+    let mapper = Proc::worker("mapper", "mapper", &nats, &dir)
+        .env("NATSFLOW_TRANSFORM", "jq")
+        .env("NATSFLOW_JQ", "[., ., ., ., ., ., ., .]")
+        .start();
+    let c = nats.client().await;
+    let mut status = c.subscribe("mapper_status").await.unwrap();
+    let mut saver_data = c.subscribe("saver_data").await.unwrap();
+    let mut dead = c.subscribe("natsflow_dead_letter").await.unwrap();
+    let person =
+        r#"{"uuid": "0b6a3c3e-6d4b-4a43-9e7c-1f1d3b0b2f10", "fn": "Maria", "ln": "Virtanen"}"#;
+    let big: &'static str = Box::leak(
+        format!(
+            "{{\"index\": 1, \"data\": [{}]}}",
+            vec![person; 60].join(",")
+        )
+        .into_boxed_str(),
+    );
+    assert!(big.len() < 8192 && big.len() * 8 > 8192);
+    to_mapper(&c, &mut status, big).await;
+    let d = next(&mut dead).await;
+    assert!(d.payload.as_ref() == big.as_bytes(), "the chunk as it came");
+    let reason = d
+        .headers
+        .unwrap()
+        .get("Natsflow-Reason")
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("over the server's max_payload of 8192"),
+        "{reason}"
+    );
+
+    // Malformed and near the limit: set aside cut to fit, with its size in a header.
+    to_mapper(
+        &c,
+        &mut status,
+        Box::leak("x".repeat(8000).into_boxed_str()),
+    )
+    .await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.payload.len(), 8192 - 1024);
+    let h = d.headers.unwrap();
+    assert_eq!(h.get("Natsflow-Truncated").unwrap().as_str(), "8000");
+
+    to_mapper(&c, &mut status, r#"{"index": 2, "data": [{"uuid": "a"}]}"#).await;
+    let out: Value = serde_json::from_slice(&next(&mut saver_data).await.payload).unwrap();
+    assert_eq!(out["index"], 2, "the mapper goes on: {}", mapper.log_text());
+    assert_eq!(mapper.metric("natsflow_dead_letters_total"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jq_transform_maps_with_the_expression() {
     let nats = Nats::start("jq");
     let dir = temp_dir("jq");

@@ -137,6 +137,19 @@ impl Slot {
                 headers.insert(name, v.clone());
             }
         }
+        // Over the server's limit the publish would fail, and the mapper with it, again for
+        // each re-send: set the chunk aside instead.
+        let limit = self.client.server_info().max_payload;
+        if mapped.payload.len() > limit {
+            let reason = format!(
+                "chunk #{} maps to {} bytes, over the server's max_payload of {limit}: use smaller chunks or a transform with smaller output",
+                chunk.index,
+                mapped.payload.len()
+            );
+            self.dead_letter(&msg.subject, &reason, msg.payload.clone())
+                .await?;
+            return Ok(());
+        }
         self.client
             .publish_with_headers(
                 self.subjects.saver_data.clone(),
