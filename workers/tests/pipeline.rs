@@ -259,3 +259,21 @@ fn http_source_json_array_and_ndjson_are_chunked_and_saved() {
         }
     }
 }
+
+#[test]
+fn a_malformed_http_source_stops_the_fetcher_naming_the_object() {
+    let nats = Nats::start("http-bad");
+    let dir = temp_dir("http-bad");
+    let url = serve_slowly("{\"uuid\": \"a\"}\n{\"uuid\": \"b\", oops}\n".into());
+    let mut f = Proc::worker("fetcher", "fetcher", &nats, &dir)
+        .args(&["--source", "http", "--source-url", &url])
+        .start();
+    let status = f.wait(Duration::from_secs(10));
+    assert!(!status.success(), "{}", f.log_text());
+    assert!(
+        f.log_text()
+            .contains("the source is malformed: object #1 is not JSON"),
+        "{}",
+        f.log_text()
+    );
+}

@@ -32,19 +32,32 @@ pub struct Splitter {
     in_str: bool,
     escaped: bool,
     current: Vec<u8>,
+    /// Objects emitted so far, to name a bad one.
+    emitted: u64,
 }
+
+/// No chunk can hold a larger object (NATS's default max_payload is 1 MiB).
+const MAX_OBJECT: usize = 1 << 20;
 
 impl Splitter {
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), String> {
         for &b in bytes {
+            if self.current.len() > MAX_OBJECT {
+                return Err(format!(
+                    "object #{} is over {MAX_OBJECT} bytes: no chunk can carry it (is the document a JSON array or NDJSON?)",
+                    self.emitted
+                ));
+            }
             match self.mode {
+                // A byte-order mark some editors write: not part of the JSON.
+                None if self.current.is_empty() && [0xEF, 0xBB, 0xBF].contains(&b) => {}
                 None if b.is_ascii_whitespace() => {}
                 None if b == b'[' => self.mode = Some(Mode::Array),
                 None => {
                     self.mode = Some(Mode::Lines);
-                    self.lines_byte(b, out);
+                    self.lines_byte(b, out)?;
                 }
-                Some(Mode::Lines) => self.lines_byte(b, out),
+                Some(Mode::Lines) => self.lines_byte(b, out)?,
                 Some(Mode::Array) => self.array_byte(b, out)?,
                 Some(Mode::Done) if b.is_ascii_whitespace() => {}
                 Some(Mode::Done) => return Err("data after the end of the JSON array".into()),
@@ -58,19 +71,17 @@ impl Splitter {
             Some(Mode::Array) => {
                 Err("the JSON array is not closed: the document was cut short".into())
             }
-            _ => {
-                self.emit(out);
-                Ok(())
-            }
+            _ => self.emit(out),
         }
     }
 
-    fn lines_byte(&mut self, b: u8, out: &mut Vec<Vec<u8>>) {
+    fn lines_byte(&mut self, b: u8, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
         if b == b'\n' {
-            self.emit(out);
+            self.emit(out)?;
         } else {
             self.current.push(b);
         }
+        Ok(())
     }
 
     fn array_byte(&mut self, b: u8, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
@@ -85,9 +96,9 @@ impl Splitter {
             return Ok(());
         }
         match b {
-            b',' if self.depth == 0 => self.emit(out),
+            b',' if self.depth == 0 => self.emit(out)?,
             b']' if self.depth == 0 => {
-                self.emit(out);
+                self.emit(out)?;
                 self.mode = Some(Mode::Done);
             }
             _ => {
@@ -110,12 +121,23 @@ impl Splitter {
         Ok(())
     }
 
-    fn emit(&mut self, out: &mut Vec<Vec<u8>>) {
+    /// A chunk with one bad object could never be saved (each re-send dead-lettered): the
+    /// source is refused instead, naming the object.
+    fn emit(&mut self, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
         let v = std::mem::take(&mut self.current);
         let trimmed = v.trim_ascii();
-        if !trimmed.is_empty() {
-            out.push(trimmed.to_vec());
+        if trimmed.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
+            return Err(format!(
+                "object #{} is not JSON ({e}): the source must be a JSON array or NDJSON, one object per line",
+                self.emitted
+            ));
+        }
+        self.emitted += 1;
+        out.push(trimmed.to_vec());
+        Ok(())
     }
 }
 
@@ -169,7 +191,14 @@ pub async fn download(url: String, chunk_size: u64, tx: mpsc::Sender<Piece>) {
                 let _ = tx.send(Piece::End(objects)).await;
                 return;
             }
-            Err((made, e)) => {
+            Err(Failure::Document(e)) => {
+                // The same bytes would fail the same way: no retry.
+                let _ = tx
+                    .send(Piece::Failed(format!("the source is malformed: {e}")))
+                    .await;
+                return;
+            }
+            Err(Failure::Transfer(made, e)) => {
                 sent = sent.max(made);
                 if attempt >= 10 {
                     let _ = tx
@@ -187,22 +216,29 @@ pub async fn download(url: String, chunk_size: u64, tx: mpsc::Sender<Piece>) {
     }
 }
 
+enum Failure {
+    /// The download broke after this many chunks: worth another try.
+    Transfer(u64, String),
+    /// The document itself is not a JSON array or NDJSON.
+    Document(String),
+}
+
 /// One download; chunks before `skip` were sent by an earlier attempt. Returns the object
-/// count, or the chunks made so far and the error.
+/// count.
 async fn fetch(
     http: &reqwest::Client,
     url: &str,
     chunk_size: u64,
     skip: u64,
     tx: &mpsc::Sender<Piece>,
-) -> Result<u64, (u64, String)> {
+) -> Result<u64, Failure> {
     let mut resp = http
         .get(url)
         .send()
         .await
-        .map_err(|e| (skip, e.without_url().to_string()))?;
+        .map_err(|e| Failure::Transfer(skip, e.without_url().to_string()))?;
     if !resp.status().is_success() {
-        return Err((skip, format!("HTTP {}", resp.status())));
+        return Err(Failure::Transfer(skip, format!("HTTP {}", resp.status())));
     }
     let mut splitter = Splitter::default();
     let mut chunker = Chunker {
@@ -213,16 +249,19 @@ async fn fetch(
     let mut objects = 0u64;
     let mut found = Vec::new();
     loop {
-        let piece = resp
-            .chunk()
-            .await
-            .map_err(|e| (chunker.next_index.max(skip), e.without_url().to_string()))?;
+        let piece = resp.chunk().await.map_err(|e| {
+            Failure::Transfer(chunker.next_index.max(skip), e.without_url().to_string())
+        })?;
         let end = piece.is_none();
         match &piece {
             Some(bytes) => splitter.push(bytes, &mut found),
             None => splitter.finish(&mut found),
         }
-        .map_err(|e| (chunker.next_index.max(skip), e))?;
+        .map_err(|e| match piece {
+            // Cut short: the connection broke mid-document.
+            None if e.contains("not closed") => Failure::Transfer(chunker.next_index.max(skip), e),
+            _ => Failure::Document(e),
+        })?;
         objects += found.len() as u64;
         chunker.objects.append(&mut found);
         while let Some(chunk) = chunker.take(end) {
@@ -273,6 +312,27 @@ mod tests {
             split(&["{\"a\":1}\n\n{\"b\"", ":2}\r\n{\"c\":3}"]).unwrap(),
             vec!["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]
         );
+    }
+
+    #[test]
+    fn a_bad_object_refuses_the_source_naming_it() {
+        let e = split(&["{\"a\":1}\n{\"b\":\n"]).unwrap_err();
+        assert!(e.starts_with("object #1 is not JSON"), "{e}");
+        let e = split(&["[1, {x}, 3]"]).unwrap_err();
+        assert!(e.starts_with("object #1 is not JSON"), "{e}");
+        // A pretty-printed object is not NDJSON: its first line is `{`.
+        let e = split(&["{\n  \"items\": [1]\n}\n"]).unwrap_err();
+        assert!(e.starts_with("object #0 is not JSON"), "{e}");
+        let huge = format!("[\"{}\"]", "x".repeat(MAX_OBJECT + 1));
+        assert!(split(&[&huge])
+            .unwrap_err()
+            .contains("no chunk can carry it"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        assert_eq!(split(&["\u{feff}[1, 2]"]).unwrap(), vec!["1", "2"]);
+        assert_eq!(split(&["\u{feff}{\"a\":1}\n"]).unwrap(), vec!["{\"a\":1}"]);
     }
 
     #[test]
