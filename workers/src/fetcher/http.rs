@@ -1,7 +1,7 @@
 //! The http source: a JSON array or NDJSON document fetched from a URL and cut into chunks
-//! while it streams in, so the fetcher sends the first chunks before the download ends. The
-//! chunks stay in memory for re-sends; a broken download starts again and skips the chunks
-//! it already made.
+//! while it streams in, so the fetcher sends the first chunks before the download ends. A
+//! chunk stays in memory until it is saved (for re-sends), and the download waits while too
+//! many are; a broken download starts again and skips the chunks it already made.
 
 use std::time::Duration;
 

@@ -41,6 +41,9 @@ pub struct Summary {
     pub peak_rss_kib: Option<u64>,
 }
 
+/// Downloaded chunks not yet saved, at most (http source); ~1 MiB at 100 objects per chunk.
+const AHEAD: u64 = 256;
+
 /// How long without a readiness signal, while chunks wait, before asking `anyone_listening`.
 const STALL: Duration = Duration::from_secs(1);
 /// Most often progress is written to the key-value bucket.
@@ -137,11 +140,14 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     loop {
         let now = tokio::select! {
             _ = w.shutdown.wait() => break,
-            Some(piece) = pieces.recv(), if !source_ended => {
+            // Read ahead of the mappers by at most AHEAD unsaved chunks: the download waits
+            // (TCP backpressure) rather than the whole document piling up in memory.
+            Some(piece) = pieces.recv(), if !source_ended && leases.total() - leases.done() < AHEAD => {
                 match piece {
                     http::Piece::Chunk(chunk) => {
                         let i = leases.push(saved.as_ref().is_some_and(|b| progress::bit(b, downloaded.len() as u64)));
-                        downloaded.push(chunk);
+                        // A chunk already saved is never sent again: keep nothing of it.
+                        downloaded.push(if leases.is_done(i) { bytes::Bytes::new() } else { chunk });
                         if leases.is_done(i) {
                             w.metrics.chunks_done.inc();
                         }
@@ -173,9 +179,12 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
                     continue;
                 }
                 match protocol::parse_ack(&msg.payload).map(|i| (i, leases.ack(i))) {
-                    Some((_, Ack::New)) => {
+                    Some((i, Ack::New)) => {
                         dirty = true;
                         w.metrics.chunks_done.inc();
+                        if let Some(chunk) = downloaded.get_mut(i as usize) {
+                            *chunk = bytes::Bytes::new();
+                        }
                     }
                     Some((_, Ack::Duplicate)) => {
                         s.duplicates += 1;
