@@ -102,7 +102,7 @@ fn workers_read_what_the_operator_renders() {
         (100_000, 1, 100)
     );
     assert_eq!(f.fetcher.ack_timeout, Duration::from_secs(30));
-    assert_eq!(f.fetcher.run_id(), "shop-users-full-g1-o100000-c100");
+    assert_eq!(f.fetcher.run_id(), "shop-users-full-u-g1-o100000-c100");
 
     let m = MapperCli::try_parse_from(["natsflow-mapper"]).unwrap();
     assert_eq!(m.mapper.transform, TransformKind::Fullname);

@@ -42,9 +42,10 @@ pub fn worker_env(p: &Pipeline) -> BTreeMap<String, String> {
         set(
             "NATSFLOW_RUN_ID",
             format!(
-                "{}-{}-g{}-o{}-c{}",
+                "{}-{}-{}-g{}-o{}-c{}",
                 p.namespace().unwrap_or_default(),
                 p.name_any(),
+                uid_prefix(p),
                 g.seed,
                 g.objects,
                 s.chunk_size
@@ -58,9 +59,10 @@ pub fn worker_env(p: &Pipeline) -> BTreeMap<String, String> {
         set(
             "NATSFLOW_RUN_ID",
             format!(
-                "{}-{}-http{url_digest}-c{}",
+                "{}-{}-{}-http{url_digest}-c{}",
                 p.namespace().unwrap_or_default(),
                 p.name_any(),
+                uid_prefix(p),
                 s.chunk_size
             ),
         );
@@ -197,6 +199,12 @@ pub fn secrets_of(p: &Pipeline, c: Component) -> Vec<&crate::crd::SecretKeyRef> 
     refs
 }
 
+/// In the run id: a Pipeline deleted and created again under the same name starts a new
+/// run, instead of resuming the old one's progress and saving nothing to a fresh sink.
+fn uid_prefix(p: &Pipeline) -> String {
+    p.uid().unwrap_or_default().chars().take(8).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,7 +220,10 @@ mod tests {
         assert_eq!(env["NATSFLOW_TRANSFORM"], "fullname");
         assert_eq!(env["NATSFLOW_CONCURRENCY"], "1");
         assert_eq!(env["NATSFLOW_SINK"], "log");
-        assert_eq!(env["NATSFLOW_RUN_ID"], "default-users-g1-o100000-c100");
+        assert_eq!(
+            env["NATSFLOW_RUN_ID"],
+            "default-users-0b6a3c3e-g1-o100000-c100"
+        );
     }
 
     #[test]
@@ -223,7 +234,7 @@ mod tests {
             env["NATSFLOW_SOURCE_URL"],
             "https://data.example/people.json"
         );
-        assert!(env["NATSFLOW_RUN_ID"].starts_with("default-users-http"));
+        assert!(env["NATSFLOW_RUN_ID"].starts_with("default-users-0b6a3c3e-http"));
         assert!(!env.contains_key("NATSFLOW_OBJECTS"));
     }
 
