@@ -90,6 +90,20 @@ where
     api.get_opt(name).await.unwrap().is_some()
 }
 
+/// `kubectl get pl -n NS` as kubectl asks for it: a Table with the printer columns.
+async fn pipelines_table(client: &Client, ns: &str) -> Value {
+    let req = http::Request::get(format!(
+        "/apis/natsflow.dev/v1alpha1/namespaces/{ns}/pipelines"
+    ))
+    .header(
+        "Accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    )
+    .body(Vec::new())
+    .unwrap();
+    serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn end_to_end_on_a_real_cluster() {
     let Some(path) = std::env::var_os("NATSFLOW_E2E_KUBECONFIG") else {
@@ -300,18 +314,7 @@ async fn end_to_end_on_a_real_cluster() {
     ));
 
     // kubectl get pl: the printer columns, read as kubectl reads them (a Table).
-    let table: Value = {
-        let req = http::Request::get(format!(
-            "/apis/natsflow.dev/v1alpha1/namespaces/{ns}/pipelines"
-        ))
-        .header(
-            "Accept",
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        )
-        .body(Vec::new())
-        .unwrap();
-        serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap()
-    };
+    let table = pipelines_table(&client, &ns).await;
     let columns: Vec<&str> = table["columnDefinitions"]
         .as_array()
         .unwrap()
@@ -330,13 +333,7 @@ async fn end_to_end_on_a_real_cluster() {
         "kubectl get pl shows 7 mappers",
         Duration::from_secs(30),
         || async {
-            let req = http::Request::get(format!(
-                "/apis/natsflow.dev/v1alpha1/namespaces/{ns}/pipelines"
-            ))
-            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-            .body(Vec::new())
-            .unwrap();
-            let t: Value = serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap();
+            let t = pipelines_table(&client, &ns).await;
             t["rows"][0]["cells"][mappers] == json!(7)
         },
     )

@@ -41,6 +41,18 @@ pub struct Summary {
     pub peak_rss_kib: Option<u64>,
 }
 
+/// True when saved, or when there is no store to save to.
+async fn save_progress(store: Option<&progress::Store>, leases: &Leases) -> bool {
+    match store {
+        Some(store) => {
+            store
+                .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
+                .await
+        }
+        None => true,
+    }
+}
+
 /// Downloaded chunks not yet saved, at most (http source); ~1 MiB at 100 objects per chunk.
 const AHEAD: u64 = 256;
 
@@ -287,14 +299,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
         s.chunks_done = leases.done();
         let due = last_save.elapsed() >= SAVE_EVERY || (leases.is_complete() && !save_failed);
         if dirty && due {
-            let saved = match &store {
-                Some(store) => {
-                    store
-                        .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
-                        .await
-                }
-                None => true,
-            };
+            let saved = save_progress(store.as_ref(), &leases).await;
             (dirty, save_failed) = (!saved, !saved);
             last_save = Instant::now();
         }
@@ -317,11 +322,7 @@ pub async fn run(mut w: Worker, args: FetcherArgs) -> anyhow::Result<Summary> {
     }
 
     if dirty {
-        if let Some(store) = &store {
-            store
-                .save(progress::to_bits(leases.total(), |i| leases.is_done(i)))
-                .await;
-        }
+        save_progress(store.as_ref(), &leases).await;
     }
     if finished_at.is_none() {
         fill_rates(&mut s, started, None, args.chunk_size);
